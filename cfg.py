@@ -1,0 +1,40 @@
+# Device configuration: policy lives here, mechanism in the other modules.
+# upload.sh sends this file only when the board has none (or with --config),
+# so a board's own settings and secrets survive firmware updates.
+
+OSID = "ObjetoESP32"
+TITLE = "Objeto ESP32"
+
+# WiFi (ESP32 only; ignored on the host simulation).
+WIFI_SSID = ""
+WIFI_PASSWORD = ""
+
+# HTTP server.
+HTTP_BIND = "0.0.0.0"
+HTTP_PORT = 8003
+HTTP_SLOTS = 4  # simultaneous connections; lwIP has ~10 sockets, MQTT needs one
+HTTP_BUF = 1024  # per-slot buffer: request line + headers in, response out
+HTTP_TIMEOUT_MS = 3000  # a client must send its request (and take the answer) within this
+API_TOKEN = ""  # non-empty: SetDatastream needs "Authorization: Bearer <token>" or &token=
+
+# ThingsBoard telemetry over MQTT (telemetry is off while MQTT_HOST is empty).
+MQTT_HOST = ""
+MQTT_PORT = 1883
+MQTT_TOKEN = ""  # the ThingsBoard device access token
+TELEMETRY_INTERVAL = 10  # seconds
+
+# Datastreams, in the order SendState lists them.
+#   id, format (boolean|integer|float|string|timestamp), type (actuator|sensor), hw, and per hw:
+#   hw "pin":      pin, [inverted]                      digital output (actuator) or input (sensor)
+#   hw "pwm":      pin, [freq, min, max]                duty 0..1023 (actuator)
+#   hw "adc":      pin, [scale, offset]                 raw 0..65535 * scale + offset (sensor)
+#   hw "rtc" | "mcu_temp" | "mem_free"                  built-in sensors
+#   hw "custom":   read="module:function", [write="module:function"]
+#   actuators: restore = "off" | "on" | "last" (the value applied at boot)
+STREAMS = (
+    {"id": "led", "format": "boolean", "type": "actuator", "hw": "pin", "pin": 2, "restore": "off"},
+    {"id": "rele", "format": "boolean", "type": "actuator", "hw": "pin", "pin": 4, "restore": "off"},
+    {"id": "reloj", "format": "timestamp", "type": "sensor", "hw": "rtc"},
+    {"id": "temperatura", "format": "float", "type": "sensor", "hw": "mcu_temp"},
+    {"id": "memoria", "format": "integer", "type": "sensor", "hw": "mem_free"},
+)

