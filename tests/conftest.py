@@ -1,0 +1,207 @@
+"""Test harness: the firmware runs under the real `micropython` unix port from a flash folder laid
+out as upload.sh lays out a board, on a free loopback port; a real mosquitto plays the broker."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "host"))
+import flash  # noqa: E402
+
+collect_ignore = ["mpy"]  # those run inside MicroPython, through test_units_mpy.py
+
+HEAP = os.environ.get("TEST_HEAP", "128K")
+MPY = os.environ.get("TEST_MPY") == "1"  # the low-RAM profile runs the suite from .mpy
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc=None, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("process exited with %s" % proc.returncode)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError("nothing listens on port %d" % port)
+
+
+class Response:
+    def __init__(self, raw):
+        self.raw = raw
+        head, _, self.body = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        self.status_line = lines[0]
+        self.status = int(lines[0].split()[1]) if len(lines[0].split()) > 1 else 0
+        self.headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            self.headers[k.strip().lower()] = v.strip()
+
+    def json(self):
+        return json.loads(self.body.decode("utf-8"))
+
+    @property
+    def text(self):
+        return self.body.decode("utf-8")
+
+
+class Firmware:
+    """One firmware process booted from its own flash folder."""
+
+    def __init__(self, flash_dir, overrides, heap=HEAP, mpy=MPY, extra_files=None):
+        self.flash = flash_dir
+        self.port = overrides.setdefault("HTTP_PORT", free_port())
+        overrides.setdefault("HTTP_BIND", "127.0.0.1")
+        self.overrides = overrides
+        self.heap = heap
+        self.mpy = mpy
+        flash.build(flash_dir, overrides, mpy=mpy)
+        for name, text in (extra_files or {}).items():
+            with open(os.path.join(flash_dir, name), "w") as f:
+                f.write(text)
+        self.proc = None
+        self.logfile = os.path.join(os.path.dirname(flash_dir), "console-%d.log" % self.port)
+
+    def start(self):
+        argv, env = flash.command(self.flash, self.heap)
+        self.log_fh = open(self.logfile, "ab")
+        self.proc = subprocess.Popen(argv, cwd=self.flash, env=env, stdout=self.log_fh, stderr=subprocess.STDOUT)
+        wait_port(self.port, self.proc)
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc:
+            self.log_fh.close()
+
+    def log(self):
+        with open(self.logfile, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d" % self.port
+
+    def raw(self, data, timeout=5.0, shut=False):
+        """Send bytes as they are; return everything the device answers until it closes."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            s.sendall(data)
+            if shut:
+                s.shutdown(socket.SHUT_WR)
+            chunks = []
+            while True:
+                try:
+                    b = s.recv(4096)
+                except ConnectionResetError:
+                    break
+                if not b:
+                    break
+                chunks.append(b)
+        return b"".join(chunks)
+
+    def request(self, method, target, headers=b"", timeout=5.0):
+        data = b"%s %s HTTP/1.0\r\nHost: device\r\n%s\r\n" % (method.encode(), target.encode(), headers)
+        return Response(self.raw(data, timeout))
+
+    def get(self, target, **kw):
+        return self.request("GET", target, **kw)
+
+    def post(self, target, **kw):
+        return self.request("POST", target, **kw)
+
+    def alive(self):
+        """The device still answers health correctly."""
+        r = self.get("/Datastreams/health")
+        assert r.status == 200 and r.json()["status"] == "healthy", r.raw
+        return True
+
+
+@pytest.fixture
+def make_firmware(tmp_path):
+    """Factory: make_firmware(**cfg_overrides) boots a firmware; all are stopped at teardown."""
+    started = []
+
+    def make(heap=HEAP, mpy=MPY, extra_files=None, **overrides):
+        d = tmp_path / ("flash%d" % len(started))
+        fw = Firmware(str(d), overrides, heap=heap, mpy=mpy, extra_files=extra_files)
+        started.append(fw)
+        return fw.start()
+
+    yield make
+    for fw in started:
+        fw.stop()
+        log = fw.log()
+        if "Traceback" in log:
+            print("---- console of firmware on port %d ----\n%s" % (fw.port, log))
+
+
+@pytest.fixture(scope="module")
+def device(tmp_path_factory):
+    """A firmware with the default cfg (no broker), shared by a module's read-mostly tests."""
+    d = tmp_path_factory.mktemp("device")
+    fw = Firmware(str(d / "flash"), {}).start()
+    yield fw
+    fw.stop()
+
+
+class Broker:
+    """A real mosquitto on a free loopback port, with its own config; stop/start keep the port."""
+
+    def __init__(self, workdir):
+        self.port = free_port()
+        self.conf = os.path.join(workdir, "mosquitto.conf")
+        self.logfile = os.path.join(workdir, "mosquitto.log")
+        with open(self.conf, "w") as f:
+            f.write("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                    "log_dest file %s\nlog_type all\nconnection_messages true\n" % (self.port, self.logfile))
+        self.proc = None
+
+    def start(self):
+        exe = "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else "mosquitto"
+        self.proc = subprocess.Popen([exe, "-c", self.conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port, self.proc)
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(5)
+
+    def log(self):
+        try:
+            with open(self.logfile) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = Broker(str(tmp_path)).start()
+    yield b
+    b.stop()
+
+
+def curl(*args, timeout=10):
+    """Run the real curl; return (exit code, stdout as str)."""
+    p = subprocess.run(["curl", "-sS", "--max-time", str(timeout)] + list(args), capture_output=True, timeout=timeout + 5)
+    return p.returncode, p.stdout.decode("utf-8", "replace")
