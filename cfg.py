@@ -21,7 +21,13 @@ API_TOKEN = ""  # non-empty: SetDatastream needs "Authorization: Bearer <token>"
 MQTT_HOST = ""
 MQTT_PORT = 1883
 MQTT_TOKEN = ""  # the ThingsBoard device access token
+MQTT_KEEPALIVE = 60  # seconds; the device pings before the broker's 1.5x runs out
+MQTT_TIMEOUT_MS = 1000  # longest a connect/read/write to the broker may hold the loop
+MQTT_QOS = 0  # 1: every publish waits (at most MQTT_TIMEOUT_MS) for the broker's PUBACK
 TELEMETRY_INTERVAL = 10  # seconds
+TELEMETRY_BUFFER = 16  # readings kept while the broker is unreachable (oldest dropped first)
+RPC_SWITCH = ""  # stream driven by the switch widgets' RPC; "" = the first boolean actuator
+NTP_HOST = "pool.ntp.org"  # sets the board's clock for the timestamps of buffered readings
 
 # Datastreams, in the order SendState lists them.
 #   id, format (boolean|integer|float|string|timestamp), type (actuator|sensor), hw, and per hw:

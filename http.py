@@ -74,12 +74,44 @@ def _hex(c):
     return -1
 
 
-class Conn:
-    """One connection slot: its socket, its buffer, the parsed request and the response window."""
+class Writer:
+    """Bytes and JSON strings appended to a buffer allocated once; overflow is noted, never raised."""
 
     def __init__(self, size):
         self.buf = bytearray(size)
         self.mv = memoryview(self.buf)
+        self.pos = 0
+        self.overflow = False
+
+    def add(self, data):
+        """Append bytes."""
+        p = self.pos
+        q = p + len(data)
+        if q > len(self.buf):
+            self.overflow = True
+            return
+        self.buf[p:q] = data
+        self.pos = q
+
+    def add_str(self, s):
+        """Append str `s` as a JSON string literal."""
+        data = s.encode()
+        for c in data:
+            if c < 32 or c == 34 or c == 92:  # control, '"', '\\'
+                import json  # rare path: let json escape it
+
+                self.add(json.dumps(s).encode())
+                return
+        self.add(b'"')
+        self.add(data)
+        self.add(b'"')
+
+
+class Conn(Writer):
+    """One connection slot: its socket, its buffer, the parsed request and the response window."""
+
+    def __init__(self, size):
+        super().__init__(size)
         self.sock = None
         self.state = _FREE
         self.deadline = 0
@@ -90,8 +122,6 @@ class Conn:
         self.end = 0  # end of the request target
         self.head_end = 0  # end of the header block
         self.head_only = False
-        self.pos = 0  # response writer position (in buf), or the window being sent
-        self.overflow = False
         self.out = None
         self.out_end = 0
 
@@ -172,29 +202,7 @@ class Conn:
             i = eol + 1
         return None
 
-    # --- response ----------------------------------------------------------------------------
-    def add(self, data):
-        """Append bytes to the response body."""
-        p = self.pos
-        q = p + len(data)
-        if q > len(self.buf):
-            self.overflow = True
-            return
-        self.buf[p:q] = data
-        self.pos = q
-
-    def add_str(self, s):
-        """Append str `s` as a JSON string literal."""
-        data = s.encode()
-        for c in data:
-            if c < 32 or c == 34 or c == 92:  # control, '"', '\'
-                import json  # rare path: let json escape it
-                self.add(json.dumps(s).encode())
-                return
-        self.add(b'"')
-        self.add(data)
-        self.add(b'"')
-
+    # --- response ---------------------------------------------------------------------------
     def finish(self, status, ctype=JSON, extra=b""):
         """Complete the response whose body was written with add(): headers go before the body."""
         if self.overflow:

@@ -67,7 +67,7 @@ def _soonest(a, b):
 
 def run():
     wifi = Wifi()
-    telemetry = mqtt.Telemetry()
+    telemetry = mqtt.Telemetry(wifi.ip)
     router.setup(telemetry)
     size = max(cfg.HTTP_BUF, http.HEAD_ROOM + streams.body_max())
     server = http.Server(router.handle, cfg.HTTP_BIND, cfg.HTTP_PORT, cfg.HTTP_SLOTS, size, cfg.HTTP_TIMEOUT_MS)

@@ -134,6 +134,11 @@ _HEALTH = b'{"status":"healthy","service":"datastream","osid":%s,"title":%s,"ver
     _OSID, _jstr(cfg.TITLE), _jstr(VERSION))
 
 
+def reason(e):
+    """An exception as the short reason users read in an error message."""
+    return str(e.args[0]) if e.args else type(e).__name__
+
+
 def find(sid):
     for s in STREAMS:
         if s.id == sid:
@@ -238,7 +243,7 @@ def set_datastream(c):
         value = s.set(s.parse(comando))
     except Exception as e:
         c.add(b'{"status":"error","code":"1027","message":')
-        c.add_str("Error ejecutando comando: %s" % (e.args[0] if e.args else type(e).__name__))
+        c.add_str("Error ejecutando comando: %s" % reason(e))
         c.add(b"}")
         return c.finish(200)
     c.add(OK)

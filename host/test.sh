@@ -5,7 +5,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=$("$root/host/setup.sh")
 cd "$root"
 status=0
-"$bin/python" -m pytest -q -p no:cacheprovider tests "$@" || status=$?
+"$bin/pytest" -q -p no:cacheprovider tests "$@" || status=$?
 if [ "$status" = 5 ]; then
     echo "test.sh: pytest collected no tests" >&2
 fi

@@ -1,5 +1,6 @@
 """Test harness: the firmware runs under the real `micropython` unix port from a flash folder laid
 out as upload.sh lays out a board, on a free loopback port; a real mosquitto plays the broker."""
+import getpass
 import json
 import os
 import socket
@@ -10,6 +11,8 @@ import time
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The firmware's http.py must not shadow CPython's http package (paho imports it).
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != ROOT]
 sys.path.insert(0, os.path.join(ROOT, "host"))
 import flash  # noqa: E402
 
@@ -166,13 +169,21 @@ def device(tmp_path_factory):
 class Broker:
     """A real mosquitto on a free loopback port, with its own config; stop/start keep the port."""
 
-    def __init__(self, workdir):
-        self.port = free_port()
+    def __init__(self, workdir, port=None, persistent=False):
+        """persistent: sessions and queued QoS 0 messages survive a restart, so a subscriber with a
+        persistent session misses nothing published while it reconnects."""
+        self.port = port or free_port()
         self.conf = os.path.join(workdir, "mosquitto.conf")
         self.logfile = os.path.join(workdir, "mosquitto.log")
         with open(self.conf, "w") as f:
-            f.write("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "log_dest file %s\nlog_type all\nconnection_messages true\n" % (self.port, self.logfile))
+            # Started as root, mosquitto would drop to its own user and could not write here.
+            f.write("listener %d 127.0.0.1\nallow_anonymous true\nuser %s\n"
+                    "log_dest file %s\nlog_type all\nconnection_messages true\n" % (
+                        self.port, getpass.getuser(), self.logfile))
+            if persistent:
+                f.write("persistence true\npersistence_location %s/\nqueue_qos0_messages true\n" % workdir)
+            else:
+                f.write("persistence false\n")
         self.proc = None
 
     def start(self):
