@@ -93,18 +93,38 @@ class Writer:
         self.buf[p:q] = data
         self.pos = q
 
-    def add_str(self, s):
-        """Append str `s` as a JSON string literal."""
-        data = s.encode()
+    def add_int(self, n):
+        """Append an int in decimal without making a str of it."""
+        if n < 0:
+            self.add(b"-")
+            n = -n
+        digits = 1
+        while n >= 10 ** digits:
+            digits += 1
+        p = self.pos
+        if p + digits > len(self.buf):
+            self.overflow = True
+            return
+        for i in range(p + digits - 1, p - 1, -1):
+            self.buf[i] = 48 + n % 10
+            n //= 10
+        self.pos = p + digits
+
+    def add_str(self, s, quote=True):
+        """Append `s` (str, or UTF-8 bytes) as a JSON string literal; without quote, only its
+        escaped inside (to continue a string already opened)."""
+        data = s.encode() if isinstance(s, str) else s
         for c in data:
             if c < 32 or c == 34 or c == 92:  # control, '"', '\\'
                 import json  # rare path: let json escape it
 
-                self.add(json.dumps(s).encode())
-                return
-        self.add(b'"')
+                data = json.dumps(data.decode()).encode()[1:-1]
+                break
+        if quote:
+            self.add(b'"')
         self.add(data)
-        self.add(b'"')
+        if quote:
+            self.add(b'"')
 
 
 class Conn(Writer):
@@ -121,6 +141,8 @@ class Conn(Writer):
         self.query = 0
         self.end = 0  # end of the request target
         self.head_end = 0  # end of the header block
+        self.va = 0  # span of the last argument found
+        self.vb = 0
         self.head_only = False
         self.out = None
         self.out_end = 0
@@ -137,23 +159,38 @@ class Conn(Writer):
     def arg(self, name):
         """The URL-decoded value of query parameter `name` (bytes) as str; None if absent or empty.
         The first occurrence wins. Raises BadRequest for bytes that are not UTF-8."""
+        return self._decode(self.va, self.vb) if self._find(name) else None
+
+    def has(self, name):
+        """Whether the query carries parameter `name` with a non-empty value."""
+        return self._find(name)
+
+    def arg_is(self, name, value):
+        """Whether parameter `name` equals `value` (bytes), None if it is absent or empty: the
+        common checks (osid, stream ids) without making a str of the argument."""
+        if not self._find(name):
+            return None
+        a, b = self.va, self.vb
+        if self.buf.find(b"%", a, b) < 0 and self.buf.find(b"+", a, b) < 0:
+            return b - a == len(value) and self.buf.find(value, a, b) == a
+        return self._decode(a, b).encode() == value
+
+    def _find(self, name):
+        """Locate the first `name=value` of the query: its value's span in self.va/self.vb."""
         buf, i, end = self.buf, self.query + 1, self.end
         k = len(name)
         while i < end:
             amp = buf.find(b"&", i, end)
             if amp < 0:
                 amp = end
-            if buf.find(name, i, i + k) == i:
-                if i + k == amp:
-                    return None  # a bare "name" is an empty value
-                if buf[i + k] == 61:  # "="
-                    return self._decode(i + k + 1, amp)
+            if buf.find(name, i, i + k) == i and (i + k == amp or buf[i + k] == 61):  # "="
+                self.va = i + k + 1
+                self.vb = amp
+                return self.va < amp  # an empty value counts as missing
             i = amp + 1
-        return None
+        return False
 
     def _decode(self, a, b):
-        if a >= b:
-            return None
         buf = self.buf
         if buf.find(b"%", a, b) < 0 and buf.find(b"+", a, b) < 0:
             raw = self.mv[a:b]
@@ -204,19 +241,33 @@ class Conn(Writer):
 
     # --- response ---------------------------------------------------------------------------
     def finish(self, status, ctype=JSON, extra=b""):
-        """Complete the response whose body was written with add(): headers go before the body."""
+        """Complete the response whose body was written with add(): the headers are written right
+        to left into the head room before the body, so nothing is allocated."""
         if self.overflow:
             self.send_const(_TOO_LARGE)
             return
         blen = self.pos - HEAD_ROOM
-        head = b"%s%sContent-Length: %d\r\n%sConnection: close\r\n\r\n" % (
-            _STATUS[status], ctype, blen, extra) if ctype else b"%s%sConnection: close\r\n\r\n" % (
-            _STATUS[status], extra)
-        start = HEAD_ROOM - len(head)
-        self.buf[start:HEAD_ROOM] = head
+        p = self._before(HEAD_ROOM, b"Connection: close\r\n\r\n")
+        p = self._before(p, extra)
+        if ctype:
+            p = self._before(p, b"\r\n")
+            n = blen
+            while True:
+                p -= 1
+                self.buf[p] = 48 + n % 10
+                n //= 10
+                if not n:
+                    break
+            p = self._before(p, b"Content-Length: ")
+            p = self._before(p, ctype)
         self.out = self.mv
-        self.pos = start
+        self.pos = self._before(p, _STATUS[status])
         self.out_end = HEAD_ROOM if self.head_only else HEAD_ROOM + blen
+
+    def _before(self, end, data):
+        start = end - len(data)
+        self.buf[start:end] = data
+        return start
 
     def send_const(self, data):
         """Send a complete prebuilt response (bytes) as the answer."""
@@ -303,7 +354,7 @@ class Server:
 
     def _read(self, c, ev):
         try:
-            k = c.sock.readinto(c.mv[c.n:])
+            k = c.sock.readinto(c.buf if not c.n else c.mv[c.n:])  # no slice for the usual one read
         except OSError:
             self._close(c)
             return
@@ -350,7 +401,7 @@ class Server:
     def _write(self, c):
         try:
             while c.pos < c.out_end:
-                k = c.sock.write(c.out[c.pos:c.out_end])
+                k = c.sock.write(c.out, c.pos, c.out_end - c.pos)
                 if not k:
                     break
                 c.pos += k

@@ -113,10 +113,11 @@ class Telemetry:
     def attach(self, poller):
         self.poller = poller
 
-    def state(self):
+    def state_json(self):
+        """The link's state as a JSON string, for /Datastreams/health."""
         if not self.enabled:
-            return "off"
-        return "connected" if self.client else "disconnected"
+            return b'"off"'
+        return b'"connected"' if self.client else b'"disconnected"'
 
     # --- the loop's interface ----------------------------------------------------------------
     def service(self, now):
@@ -332,7 +333,7 @@ def _values(out, which, with_mem):
         first = False
         out.add(s.jid)
         out.add(b":")
-        streams.add_json(out, v)
+        streams.add_value(out, v, False)
     if with_mem:
         out.add(b'%s"_mem_free":%d' % (b"" if first else b",", gc.mem_free()))
     out.add(b"}")

@@ -21,7 +21,7 @@ def add(path, handler, method=GET, slash_ok=False):
 
 def setup(telemetry):
     """Build the route table (once, at start)."""
-    add(b"/Datastreams/health", lambda c: streams.health(c, telemetry.state()))
+    add(b"/Datastreams/health", lambda c: streams.health(c, telemetry.state_json()))
     add(b"/Datastreams/SendState", streams.send_state, slash_ok=True)
     add(b"/Datastreams/SendData", streams.send_data, slash_ok=True)
     add(b"/Datastreams/SetDatastream", streams.set_datastream, POST, slash_ok=True)

@@ -52,7 +52,9 @@ class Stream:
         self.hi = spec.get("max", 1023 if spec["hw"] == "pwm" else None)
         self.spec = spec
         self.dev = hw.make(spec, self.actuator)
+        self.bid = self.id.encode()
         self.jid = _jstr(self.id)
+        self.updated = b'"Datastream \'%s\' actualizado a \'' % self.jid[1:-1]  # SetDatastream's message
         self.jfmt = _jstr(self.format)
         self.item = b'{"datastream_id":%s,"datastream_format":%s,"datastream_type":%s,"value":' % (
             self.jid, self.jfmt, _jstr(spec["type"]))
@@ -106,30 +108,36 @@ class Stream:
         return self.value()
 
 
-def text(v):
-    """A value as the API's string: booleans "true"/"false", numbers in decimal."""
-    if v is True:
-        return "true"
-    if v is False:
-        return "false"
-    if isinstance(v, float):
-        return "%.6g" % v
-    return str(v)
-
-
-def add_json(c, v):
-    """Append a value as JSON: booleans and numbers bare, everything else a string."""
-    if v is True or v is False or isinstance(v, int):
-        c.add(b"true" if v is True else b"false" if v is False else b"%d" % v)
-    elif isinstance(v, float):
-        c.add(text(v).encode())
+def add_value(w, v, quoted):
+    """Append a value to writer `w`. The API gives every value as a string ("true", "41.5");
+    telemetry gives booleans and numbers bare. Written in place: no str is made for them."""
+    if isinstance(v, str):
+        w.add_str(v)
+        return
+    if quoted:
+        w.add(b'"')
+    if v is True or v is False:
+        w.add(b"true" if v else b"false")
+    elif isinstance(v, int):
+        w.add_int(v)
     else:
-        c.add_str(v)
+        w.add(b"%.6g" % v)
+    if quoted:
+        w.add(b'"')
+
+
+def _read(s):
+    """A stream's value for the API: "0" when its device cannot be read (API.md)."""
+    try:
+        return s.value()
+    except Exception:  # one broken sensor must not take the others down
+        return "0"
 
 
 STREAMS = [Stream(spec) for spec in cfg.STREAMS]
 on_change = []  # called with the stream after every successful set (telemetry, state restore)
 _OSID = _jstr(cfg.OSID)
+_OSID_B = cfg.OSID.encode()
 _HEALTH = b'{"status":"healthy","service":"datastream","osid":%s,"title":%s,"version":%s,' % (
     _OSID, _jstr(cfg.TITLE), _jstr(VERSION))
 
@@ -165,56 +173,70 @@ def _no_stream(c, sid):
 
 def health(c, mqtt_state):
     c.add(_HEALTH)
-    c.add(b'"uptime_s":%d,"mem_free":%d,"mqtt":"%s"}' % (
-        uptime_s(), gc.mem_free(), mqtt_state.encode()))
+    c.add(b'"uptime_s":')
+    c.add_int(uptime_s())
+    c.add(b',"mem_free":')
+    c.add_int(gc.mem_free())
+    c.add(b',"mqtt":')
+    c.add(mqtt_state)
+    c.add(b"}")
     c.finish(200)
 
 
+def _arg_stream(c, name):
+    """The stream parameter `name` names: a Stream, False if it names none, None if absent."""
+    for s in STREAMS:
+        if c.arg_is(name, s.bid):
+            return s
+    return False if c.has(name) else None
+
+
+def _tipove_ok(c):
+    """tipove is 1 (or left out, as old clients do); anything else is not implemented."""
+    if c.arg_is(b"tipove", b"1") is not False:
+        return True
+    try:
+        return int(c.arg(b"tipove")) == 1
+    except ValueError:
+        return False
+
+
 def send_state(c):
-    osid = c.arg(b"osid")
+    osid = c.arg_is(b"osid", _OSID_B)
     if osid is None:
         c.add(_MISSING_OSID)
         return c.finish(400)
-    if osid != cfg.OSID:
+    if not osid:
         return _error(c, _WRONG_OSID)
     c.add(b'{"osid":')
     c.add(_OSID)
     c.add(b',"datastreams":[')
-    for i, s in enumerate(STREAMS):
-        if i:
-            c.add(b",")
+    sep = b""
+    for s in STREAMS:
+        c.add(sep)
+        sep = b","
         c.add(s.item)
-        try:
-            c.add_str(text(s.value()))
-        except Exception:  # one broken sensor must not take the others down
-            c.add(b'"0"')
+        add_value(c, _read(s), True)
         c.add(b"}")
-    c.add(b'],"count":%d}' % len(STREAMS))
+    c.add(b'],"count":')
+    c.add_int(len(STREAMS))
+    c.add(b"}")
     c.finish(200, extra=CORS)
 
 
 def send_data(c):
-    osid = c.arg(b"osid")
-    sid = c.arg(b"variableEstado")
-    tipove = c.arg(b"tipove")
-    if osid is None or sid is None:
+    osid = c.arg_is(b"osid", _OSID_B)
+    s = _arg_stream(c, b"variableEstado")
+    if osid is None or s is None:
         c.add(_MISSING)
         return c.finish(400)
-    if osid != cfg.OSID:
+    if not osid:
         return _error(c, _WRONG_OSID)
-    try:
-        one = tipove is None or int(tipove) == 1
-    except ValueError:
-        one = False
-    if not one:
+    if not _tipove_ok(c):
         return _error(c, _NO_TYPE)
-    s = find(sid)
-    if s is None:
-        return _no_stream(c, sid)
-    try:
-        value = text(s.value())
-    except Exception:
-        value = "0"
+    if not s:
+        return _no_stream(c, c.arg(b"variableEstado"))
+    value = _read(s)
     c.add(b'{"osid":')
     c.add(_OSID)
     c.add(b',"datastream_id":')
@@ -222,23 +244,22 @@ def send_data(c):
     c.add(b',"datastream_format":')
     c.add(s.jfmt)
     c.add(b',"value":')
-    c.add_str(value)
+    add_value(c, value, True)
     c.add(b"}")
     c.finish(200, extra=CORS)
 
 
 def set_datastream(c):
-    osid = c.arg(b"osid")
-    sid = c.arg(b"idDataStream")
+    osid = c.arg_is(b"osid", _OSID_B)
+    s = _arg_stream(c, b"idDataStream")
     comando = c.arg(b"comando")
-    if osid is None or sid is None or comando is None:
+    if osid is None or s is None or comando is None:
         c.add(_MISSING)
         return c.finish(400)
-    if osid != cfg.OSID:
+    if not osid:
         return _error(c, _WRONG_OSID)
-    s = find(sid)
-    if s is None:
-        return _no_stream(c, sid)
+    if not s:
+        return _no_stream(c, c.arg(b"idDataStream"))
     try:
         value = s.set(s.parse(comando))
     except Exception as e:
@@ -246,13 +267,16 @@ def set_datastream(c):
         c.add_str("Error ejecutando comando: %s" % reason(e))
         c.add(b"}")
         return c.finish(200)
+    comando = comando.encode()
     c.add(OK)
-    c.add_str("Datastream '%s' actualizado a '%s'" % (sid, comando))
+    c.add(s.updated)
+    c.add_str(comando, False)
+    c.add(b"'\"")
     c.add(b',"data":{"datastream_id":')
     c.add(s.jid)
     c.add(b',"comando":')
     c.add_str(comando)
     c.add(b',"applied":true,"value":')
-    add_json(c, value)
+    add_value(c, value, False)
     c.add(b"}}")
     c.finish(200, extra=CORS)
