@@ -224,6 +224,10 @@ class Telemetry:
         out.pos = 0
         out.overflow = False
         _values(out, which, with_mem)
+        if out.overflow:  # cannot happen with VALUE_MAX-clipped values; never send half a payload
+            self.failed += 1
+            self.last_error = "payload too large"
+            return
         if self.client is not None and self._publish(TELEMETRY, out.mv[:out.pos]):
             self.published += 1
             self.last_publish = time.ticks_ms()

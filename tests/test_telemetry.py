@@ -88,6 +88,7 @@ def test_telemetry_on_time_with_flat_payload_and_identity(make_firmware, broker,
     assert status["topic"] == "v1/devices/me/telemetry" and status["last_error"] is None
     assert 0 <= status["last_publish_ms_ago"] < 1500 and status["queued"] == 0
     assert fw.get("/Datastreams/health").json()["mqtt"] == "connected"
+    assert TOKEN not in fw.log(), "the token is a secret"
 
 
 def test_attributes_on_connect(make_firmware, broker, platform):
@@ -277,3 +278,12 @@ def test_silent_broker_stalls_http_at_most_the_mqtt_timeout(make_firmware):
         for s in held:
             s.close()
         silent.close()
+
+
+def test_qos1_publishes_are_acknowledged(make_firmware, broker, platform):
+    fw = make_firmware(**mqtt_cfg(broker.port, MQTT_QOS=1))
+    for _ in range(3):
+        platform.telemetry(where=lambda j: "_mem_free" in j)
+    assert "Sending PUBACK to tb_%s" % OSID in broker.log()
+    status = fw.get("/telemetry/status").json()
+    assert status["connected"] and status["connects"] == 1 and status["failed"] == 0
