@@ -16,6 +16,7 @@ HTTP_SLOTS = 4  # simultaneous connections; lwIP has ~10 sockets, MQTT needs one
 HTTP_BUF = 1024  # per-slot buffer: request line + headers in, response out
 HTTP_TIMEOUT_MS = 3000  # a client must send its request (and take the answer) within this
 API_TOKEN = ""  # non-empty: SetDatastream needs "Authorization: Bearer <token>" or &token=
+API_TOKEN_READS = False  # True: the read-only routes need the token too
 
 # ThingsBoard telemetry over MQTT (telemetry is off while MQTT_HOST is empty).
 MQTT_HOST = ""
@@ -29,6 +30,9 @@ TELEMETRY_BUFFER = 16  # readings kept while the broker is unreachable (oldest d
 RPC_SWITCH = ""  # stream driven by the switch widgets' RPC; "" = the first boolean actuator
 NTP_HOST = "pool.ntp.org"  # sets the board's clock for the timestamps of buffered readings
 
+# "last" actuator values are saved to flash on change, at most once per this many seconds.
+STATE_SAVE_INTERVAL = 10
+
 # Datastreams, in the order SendState lists them.
 #   id, format (boolean|integer|float|string|timestamp), type (actuator|sensor), hw, and per hw:
 #   hw "pin":      pin, [inverted]                      digital output (actuator) or input (sensor)
@@ -36,7 +40,7 @@ NTP_HOST = "pool.ntp.org"  # sets the board's clock for the timestamps of buffer
 #   hw "adc":      pin, [scale, offset]                 raw 0..65535 * scale + offset (sensor)
 #   hw "rtc" | "mcu_temp" | "mem_free"                  built-in sensors
 #   hw "custom":   read="module:function", [write="module:function"]
-#   actuators: restore = "off" | "on" | "last" (the value applied at boot)
+#   actuators: restore = "off" | "on" | "last" (the value applied at boot; numbers: min | max | last)
 STREAMS = (
     {"id": "led", "format": "boolean", "type": "actuator", "hw": "pin", "pin": 2, "restore": "off"},
     {"id": "rele", "format": "boolean", "type": "actuator", "hw": "pin", "pin": 4, "restore": "off"},

@@ -6,6 +6,7 @@ import select
 import socket
 import sys
 import time
+from errno import EAGAIN
 from micropython import const
 
 _IN = select.POLLIN
@@ -18,6 +19,12 @@ _WRITE = const(2)
 
 # The body is written from here on; the headers are then placed right before it.
 HEAD_ROOM = const(256)
+
+# When every slot is taken, a newcomer takes the slot of the client that has been sending its request
+# for longest, if that is at least this long (a trickler: LAN clients send theirs within a few ms);
+# otherwise the newcomer gets 503 at once. So slow clients cannot lock the device out, and nothing
+# waits in a queue.
+_EVICT_AFTER_MS = const(250)
 
 GET = const(1)
 HEAD = const(2)
@@ -46,19 +53,19 @@ _STATUS = {
 }
 
 
-def canned(status, message):
+def canned(status, message, extra=b""):
     """A complete JSON error response as one bytes constant: sent as is, never copied."""
     body = b'{"status":"error","message":"' + message + b'"}'
-    return b"%s%s%sContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (
-        _STATUS[status], JSON, CORS, len(body), body)
+    return b"%s%s%s%sContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (
+        _STATUS[status], JSON, CORS, extra, len(body), body)
 
 
 BAD_REQUEST = canned(400, b"Bad request")
 _TIMEOUT = canned(408, b"Request timeout")
 _URI_TOO_LONG = canned(414, b"URI too long")
 _HEADERS_TOO_LARGE = canned(431, b"Request header fields too large")
-_TOO_LARGE = canned(500, b"Response too large")
 _INTERNAL = canned(500, b"Internal error")
+_FULL = canned(503, b"Service unavailable")
 
 class BadRequest(Exception):
     pass
@@ -72,6 +79,32 @@ def _hex(c):
     if 97 <= c <= 102:
         return c - 87
     return -1
+
+
+def _utf8(b):
+    """True if `b` is well-formed UTF-8 (MicroPython's decoder lets surrogates and overlong forms
+    through, which would make our JSON invalid for clients)."""
+    i, n = 0, len(b)
+    while i < n:
+        c = b[i]
+        if c < 0x80:
+            i += 1
+            continue
+        if 0xC2 <= c <= 0xDF:
+            k, lo, hi = 1, 0x80, 0xBF
+        elif 0xE0 <= c <= 0xEF:
+            k, lo, hi = 2, 0xA0 if c == 0xE0 else 0x80, 0x9F if c == 0xED else 0xBF
+        elif 0xF0 <= c <= 0xF4:
+            k, lo, hi = 3, 0x90 if c == 0xF0 else 0x80, 0x8F if c == 0xF4 else 0xBF
+        else:
+            return False
+        if i + k >= n or not lo <= b[i + 1] <= hi:
+            return False
+        for j in range(i + 2, i + k + 1):
+            if not 0x80 <= b[j] <= 0xBF:
+                return False
+        i += k + 1
+    return True
 
 
 class Writer:
@@ -213,9 +246,12 @@ class Conn(Writer):
                 a += 1
             raw = memoryview(out)[start:j]
         try:
-            return str(raw, "utf-8")
+            s = str(raw, "utf-8")
         except UnicodeError:
             raise BadRequest()
+        if len(s) != len(raw) and not _utf8(raw):  # only non-ASCII values need the strict check
+            raise BadRequest()
+        return s
 
     def header(self, name):
         """Value of header `name` (lower-case bytes, e.g. b"authorization") as bytes, or None."""
@@ -244,7 +280,9 @@ class Conn(Writer):
         """Complete the response whose body was written with add(): the headers are written right
         to left into the head room before the body, so nothing is allocated."""
         if self.overflow:
-            self.send_const(_TOO_LARGE)
+            # Buffers are sized for the largest SendState, so only request text echoed back (a
+            # long id full of escaped bytes) can overflow: the request was too long for the device.
+            self.send_const(_URI_TOO_LONG)
             return
         blen = self.pos - HEAD_ROOM
         p = self._before(HEAD_ROOM, b"Connection: close\r\n\r\n")
@@ -335,28 +373,39 @@ class Server:
             sock, _ = self.lsock.accept()
         except OSError:
             return  # the peer left the backlog already
-        for c in self.conns:
-            if c.state == _FREE:
-                break
-        else:  # cannot happen: the listener is not polled while full
-            sock.close()
-            return
         sock.setblocking(False)
+        c = self._slot()
+        if c is None:
+            _reject(sock)
+            return
         c.sock = sock
         c.state = _READ
         c.n = 0
         c.deadline = time.ticks_add(time.ticks_ms(), self.timeout_ms)
         self.poller.register(sock, _IN)
         self.busy += 1
-        if self.busy == len(self.conns):
-            # Full: leave newcomers in the (bounded) listen backlog until a slot frees.
-            self.poller.modify(self.lsock, 0)
+
+    def _slot(self):
+        """A free slot, or the one a trickler held for too long (told 408), or None when full."""
+        oldest = None
+        for c in self.conns:
+            if c.state == _FREE:
+                return c
+            if c.state == _READ and (oldest is None or time.ticks_diff(c.deadline, oldest.deadline) < 0):
+                oldest = c
+        if oldest is None or time.ticks_diff(oldest.deadline, time.ticks_ms()) > self.timeout_ms - _EVICT_AFTER_MS:
+            return None
+        self._answer_now(oldest, _TIMEOUT)
+        if oldest.state != _FREE:
+            self._close(oldest)  # its window is full: it is not reading, and it gets no more time
+        return oldest
 
     def _read(self, c, ev):
         try:
             k = c.sock.readinto(c.buf if not c.n else c.mv[c.n:])  # no slice for the usual one read
-        except OSError:
-            self._close(c)
+        except OSError as e:
+            if e.errno != EAGAIN:  # reset, or gone
+                self._close(c)
             return
         if k is None:
             return
@@ -405,9 +454,10 @@ class Server:
                 if not k:
                     break
                 c.pos += k
-        except OSError:
-            self._close(c)
-            return
+        except OSError as e:
+            if e.errno != EAGAIN:  # the peer reset or vanished: drop the rest
+                self._close(c)
+                return
         if c.pos < c.out_end:
             self.poller.modify(c.sock, _OUT)  # the peer's window is full: wait for it
             return
@@ -433,13 +483,22 @@ class Server:
             sock.close()
         except OSError:
             pass
-        if self.busy == len(self.conns):
-            self.poller.modify(self.lsock, _IN)
         self.busy -= 1
 
 
+def _reject(sock):
+    """503 to a connection no slot can take: one short write that fits any socket buffer, then close."""
+    try:
+        sock.write(_FULL)
+        sock.recv(HEAD_ROOM)  # take its request if it came already: unread data turns close into reset
+    except OSError:
+        pass
+    sock.close()
+
+
 def _parse(c):
-    """Split the request line in place: method, path, query; raise BadRequest if malformed."""
+    """Split the request line in place: method, path, query; raise BadRequest if the line is
+    malformed or a header holds control bytes."""
     buf = c.buf
     eol = buf.find(b"\n", 0, c.head_end)
     line_end = eol - 1 if eol > 0 and buf[eol - 1] == 13 else eol
@@ -456,7 +515,9 @@ def _parse(c):
                 raise BadRequest()
     a = sp + 1
     sp2 = buf.find(b" ", a, line_end)
-    if sp2 < 0 or buf.find(b"HTTP/", sp2 + 1, line_end) != sp2 + 1 or buf[a] != 47:  # "/"
+    v = sp2 + 1  # "HTTP/d.d" and the end of the line
+    if (sp2 < 0 or buf[a] != 47 or line_end - v != 8 or buf.find(b"HTTP/", v, line_end) != v  # "/"
+            or not 48 <= buf[v + 5] <= 57 or buf[v + 6] != 46 or not 48 <= buf[v + 7] <= 57):
         raise BadRequest()
     i = a
     while i < sp2:
@@ -464,6 +525,12 @@ def _parse(c):
         if ch <= 32 or ch == 127:
             raise BadRequest()
         if ch == 37 and (i + 2 >= sp2 or _hex(buf[i + 1]) < 0 or _hex(buf[i + 2]) < 0):
+            raise BadRequest()
+        i += 1
+    i = eol + 1
+    while i < c.head_end:
+        ch = buf[i]
+        if (ch < 32 and ch != 9 and ch != 10 and ch != 13) or ch == 127:
             raise BadRequest()
         i += 1
     q = buf.find(b"?", a, sp2)

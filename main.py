@@ -69,6 +69,7 @@ def run():
     wifi = Wifi()
     telemetry = mqtt.Telemetry(wifi.ip)
     router.setup(telemetry)
+    streams.restore()
     size = max(cfg.HTTP_BUF, http.HEAD_ROOM + streams.body_max())
     server = http.Server(router.handle, cfg.HTTP_BIND, cfg.HTTP_PORT, cfg.HTTP_SLOTS, size, cfg.HTTP_TIMEOUT_MS)
     poller = select.poll()
@@ -83,6 +84,7 @@ def run():
             now = time.ticks_ms()
             streams.uptime_s()
             wait = _soonest(_soonest(server.service(now), telemetry.service(now)), wifi.service(now))
+            wait = _soonest(wait, streams.save_due(now))
             for obj, ev in poller.ipoll(_soonest(wait, _MAX_WAIT_MS)):
                 server.handle(obj, ev) or telemetry.handle(obj, ev)
         except MemoryError:

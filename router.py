@@ -5,7 +5,9 @@ import streams
 from http import CORS, GET, HEAD, OPTIONS, POST, TEXT, canned
 
 _NOT_FOUND = b"HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 9\r\nConnection: close\r\n\r\nNot found"
-_UNAUTHORIZED = canned(401, b"No autorizado")
+_UNAUTHORIZED = canned(401, b"No autorizado", b"WWW-Authenticate: Bearer\r\n")
+_TOKEN = cfg.API_TOKEN.encode()
+_LOCK_READS = getattr(cfg, "API_TOKEN_READS", False)  # a board's cfg.py older than this key works
 
 _READ_ALLOW = b"GET, HEAD, OPTIONS"
 _WRITE_ALLOW = b"POST, OPTIONS"
@@ -15,7 +17,7 @@ _routes = []
 
 def add(path, handler, method=GET, slash_ok=False):
     """Route `path` (bytes) to handler(conn). A GET route also answers HEAD; POST routes need the
-    API token when one is configured."""
+    API token when one is configured (GET routes too with API_TOKEN_READS)."""
     _routes.append((path, method, slash_ok, handler))
 
 
@@ -30,16 +32,15 @@ def setup(telemetry):
 
 def authorized(c):
     """True when no API token is set, or the request carries it (header or &token=)."""
-    token = cfg.API_TOKEN
-    if not token:
+    if not _TOKEN:
         return True
     given = c.header(b"authorization")
-    if given is not None and given[:7] == b"Bearer ":
-        given = given[7:]
+    if given is not None and given[:7].lower() == b"bearer ":  # the scheme is case-insensitive
+        given = given[7:].strip()
     else:
         given = c.arg(b"token")
         given = given.encode() if given is not None else b""
-    return _same(given, token.encode())
+    return _same(given, _TOKEN)
 
 
 def _same(a, b):
@@ -64,7 +65,7 @@ def handle(c):
         c.finish(204, None, b"Allow: %s\r\n%sAccess-Control-Allow-Methods: %s\r\n"
                  b"Access-Control-Allow-Headers: Authorization\r\n" % (allow, CORS, allow))
     elif m == method or (m == HEAD and method == GET):
-        if method == POST and not authorized(c):
+        if (method == POST or _LOCK_READS) and not authorized(c):
             c.send_const(_UNAUTHORIZED)
         else:
             handler(c)

@@ -3,6 +3,7 @@
 # into the same buffer that holds the request.
 import gc
 import json
+import os
 import time
 
 import cfg
@@ -78,6 +79,8 @@ class Stream:
         """The value a SetDatastream `comando` asks for; ValueError(reason) if it is not valid."""
         if not self.actuator:
             raise ValueError("'%s' es un sensor" % self.id)
+        if len(text) > VALUE_MAX:  # checked first: the answer echoes it, and must fit its buffer
+            raise ValueError("valor demasiado largo")
         f = self.format
         if f == "boolean":
             t = text.lower()
@@ -96,8 +99,6 @@ class Stream:
             if v == _INF or v == -_INF:
                 raise ValueError("valor fuera de rango")
             return v
-        if len(text) > VALUE_MAX:
-            raise ValueError("valor demasiado largo")
         return text
 
     def set(self, value):
@@ -145,6 +146,94 @@ _HEALTH = b'{"status":"healthy","service":"datastream","osid":%s,"title":%s,"ver
 def reason(e):
     """An exception as the short reason users read in an error message."""
     return str(e.args[0]) if e.args else type(e).__name__
+
+
+# --- state restore: each actuator's cfg "restore" ("off", "on", "last") is applied at boot; the
+# values of the "last" ones are kept in a small file on flash, written on change but at most once
+# per STATE_SAVE_INTERVAL to spare the flash (a change inside the interval is written when it ends).
+STATE_FILE = "state.json"
+_saved = {}  # id -> value in STATE_FILE, for the "last" actuators
+_dirty = False
+_wrote = None  # tick of the last write
+_INTERVAL_MS = getattr(cfg, "STATE_SAVE_INTERVAL", 10) * 1000  # a board's cfg.py older than this key works
+
+
+def _boot_value(s, mode, saved):
+    if mode == "last" and s.id in saved:
+        v = saved[s.id]
+        if v is True or v is False:
+            v = "on" if v else "off"
+        try:  # checked as a command would be: the stream's format or range may have changed since
+            return s.parse(str(v))
+        except ValueError:
+            pass  # falls back to off
+    if s.format == "boolean":
+        return mode == "on"
+    if s.format in ("integer", "float"):
+        edge = s.hi if mode == "on" else s.lo
+        return edge if edge is not None else int(mode == "on")
+    return None  # a text actuator is only restored from its saved value
+
+
+def restore():
+    """Drive every actuator to its boot value; start saving the "last" ones on change."""
+    try:
+        with open(STATE_FILE) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        saved = {}
+    for s in STREAMS:
+        if not s.actuator:
+            continue
+        mode = s.spec.get("restore", "off")
+        v = _boot_value(s, mode, saved)
+        try:
+            if v is not None:
+                s.dev.write(v)
+            if mode == "last":
+                _saved[s.id] = s.value()
+        except Exception as e:  # one broken actuator must not stop the boot
+            print("restore: %s: %r" % (s.id, e))
+    if _saved:
+        on_change.append(_changed)
+
+
+def _changed(s):
+    global _dirty
+    if s.id in _saved:
+        _dirty = True
+        save_due(time.ticks_ms())
+
+
+def save_due(now):
+    """Write the "last" values if one changed and the interval allows; ms until a write is due, or -1.
+    The main loop calls this, so a change inside the interval is written when it ends."""
+    global _dirty, _wrote
+    if not _dirty:
+        return -1
+    if _wrote is not None:
+        left = _INTERVAL_MS - time.ticks_diff(now, _wrote)
+        if left > 0:
+            return left
+    _dirty = False
+    values = {}
+    for sid in _saved:
+        try:
+            values[sid] = find(sid).value()
+        except Exception:
+            values[sid] = _saved[sid]
+    if values == _saved:
+        return -1  # back to what the flash holds: nothing to write
+    _wrote = now
+    try:
+        with open(STATE_FILE + ".tmp", "w") as f:
+            json.dump(values, f)
+        os.rename(STATE_FILE + ".tmp", STATE_FILE)  # a power cut leaves the old file or the new one
+        _saved.update(values)
+    except OSError as e:
+        _dirty = True  # retried after the interval
+        print("restore: cannot save: %r" % e)
+    return -1
 
 
 def find(sid):

@@ -66,10 +66,10 @@ def test_response_headers_before_body():
     assert out.endswith(b'\r\n\r\n{"a":"q\\"\\n"}')
 
 
-def test_response_overflow_is_500_not_a_crash():
+def test_response_overflow_is_414_not_a_crash():
     c = conn(b"GET / HTTP/1.0\r\n\r\n", size=400)  # 256 of head room + 144 of body
     c.add(b"x" * 100)
     assert not c.overflow
     c.add(b"y" * 100)
     c.finish(200)
-    assert bytes(c.out).startswith(b"HTTP/1.0 500")
+    assert bytes(c.out).startswith(b"HTTP/1.0 414")
