@@ -20,11 +20,10 @@ _WRITE = const(2)
 # The body is written from here on; the headers are then placed right before it.
 HEAD_ROOM = const(256)
 
-# When every slot is taken, a newcomer takes the slot of the client that has been sending its request
-# for longest, if that is at least this long (a trickler: LAN clients send theirs within a few ms);
-# otherwise the newcomer gets 503 at once. So slow clients cannot lock the device out, and nothing
-# waits in a queue.
+# A connection keeps its slot at least this long while its request comes in: long enough for a
+# client on a slow WiFi link, short next to the read timeout (see Server._slot).
 _EVICT_AFTER_MS = const(250)
+
 
 GET = const(1)
 HEAD = const(2)
@@ -369,15 +368,21 @@ class Server:
         return False
 
     def _accept(self):
-        try:
-            sock, _ = self.lsock.accept()
-        except OSError:
-            return  # the peer left the backlog already
-        sock.setblocking(False)
-        c = self._slot()
-        if c is None:
-            _reject(sock)
-            return
+        # Empty the (small) listen backlog each round: a full backlog drops new connections
+        # silently, and their clients wait a second or more before trying again.
+        for _ in range(len(self.conns) + 2):
+            try:
+                sock, _ = self.lsock.accept()
+            except OSError:
+                return  # EAGAIN: the backlog is empty (or the peer left it already)
+            sock.setblocking(False)
+            c = self._slot()
+            if c is None:
+                _reject(sock)
+            else:
+                self._open(c, sock)
+
+    def _open(self, c, sock):
         c.sock = sock
         c.state = _READ
         c.n = 0
@@ -386,7 +391,22 @@ class Server:
         self.busy += 1
 
     def _slot(self):
-        """A free slot, or the one a trickler held for too long (told 408), or None when full."""
+        """A free slot; else the slot of the client that has been sending its request for longest,
+        if for more than _EVICT_AFTER_MS (it is told 408); else None (the newcomer gets 503).
+        Why: a client that sends its request at once is served within a poll round, so an old
+        unfinished request is a slow one (a Slowloris trickler) and a newcomer is worth more;
+        nothing waits in a queue, and the lwIP socket budget is never exceeded for long."""
+        c = self._free_or_slowest()
+        if c is None:
+            # Before turning the newcomer away, read what the others sent: a peer that reset, or
+            # completed its request, frees its slot now rather than later in this poll round.
+            for d in self.conns:
+                if d.state == _READ:
+                    self._read(d, 0)
+            c = self._free_or_slowest()
+        return c
+
+    def _free_or_slowest(self):
         oldest = None
         for c in self.conns:
             if c.state == _FREE:

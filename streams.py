@@ -182,6 +182,8 @@ def restore():
             saved = json.load(f)
     except (OSError, ValueError):
         saved = {}
+    if not isinstance(saved, dict):
+        saved = {}
     for s in STREAMS:
         if not s.actuator:
             continue

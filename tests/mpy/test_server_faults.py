@@ -1,0 +1,168 @@
+# The server's slot handling against sockets that fail the way lwIP and Linux sockets fail:
+# EAGAIN, resets, broken pipes, partial writes, peers that never finish, more peers than slots.
+import http
+import time
+from errno import EAGAIN, ECONNRESET
+
+EPIPE = 32  # Linux and lwIP; MicroPython's errno module does not name it
+
+REQ = b"GET /x HTTP/1.0\r\n\r\n"
+
+
+class Sock:
+    """A peer: `reads` and `writes` are played in order; an OSError is raised, None means
+    would-block, bytes are received, an int is how many bytes the window takes."""
+
+    def __init__(self, reads=(), writes=()):
+        self.reads = list(reads)
+        self.writes = list(writes)
+        self.sent = b""
+        self.closed = False
+
+    def setblocking(self, flag):
+        pass
+
+    def readinto(self, mv):
+        r = self.reads.pop(0) if self.reads else None
+        if isinstance(r, OSError):
+            raise r
+        if r is None:
+            return None
+        mv[0:len(r)] = r
+        return len(r)
+
+    def recv(self, n):
+        raise OSError(EAGAIN)
+
+    def write(self, data):
+        w = self.writes.pop(0) if self.writes else len(data)
+        if isinstance(w, OSError):
+            raise w
+        if w is None:
+            return None
+        self.sent += bytes(data[:w])
+        return min(w, len(data))
+
+    def close(self):
+        self.closed = True
+
+
+class Listener:
+    def __init__(self):
+        self.queue = []
+
+    def accept(self):
+        if not self.queue:
+            raise OSError(EAGAIN)
+        return self.queue.pop(0), None
+
+    def close(self):
+        pass
+
+
+class Poller:
+    def __init__(self):
+        self.mask = {}
+
+    def register(self, obj, mask):
+        self.mask[id(obj)] = mask
+
+    def modify(self, obj, mask):
+        self.mask[id(obj)] = mask
+
+    def unregister(self, obj):
+        del self.mask[id(obj)]
+
+
+def answer(c):
+    c.add(b"{}")
+    c.finish(200)
+
+
+def server(slots=2, timeout=3000):
+    s = http.Server(answer, "127.0.0.1", 0, slots, 1024, timeout)
+    s.lsock.close()
+    s.lsock = Listener()
+    s.attach(Poller())
+    return s
+
+
+def arrive(s, sock):
+    s.lsock.queue.append(sock)
+    s.handle(s.lsock, http._IN)
+    return sock
+
+
+def test_eagain_on_read_keeps_the_slot_and_partial_writes_wait_for_pollout():
+    s = server()
+    p = arrive(s, Sock(reads=[OSError(EAGAIN), REQ[:5], None, REQ[5:]], writes=[10, None]))
+    for _ in range(4):
+        s.handle(p, http._IN)
+        if p.sent:
+            break
+    assert s.busy == 1 and p.sent == b"HTTP/1.0 2" and not p.closed
+    assert s.poller.mask[id(p)] == http._OUT
+    p.writes = [OSError(EAGAIN)]
+    s.handle(p, http._OUT)
+    assert s.busy == 1 and not p.closed
+    s.handle(p, http._OUT)
+    assert p.closed and s.busy == 0 and p.sent.startswith(b"HTTP/1.0 200 OK\r\n") and p.sent.endswith(b"{}")
+
+
+def test_reset_and_broken_pipe_free_the_slot():
+    s = server()
+    p = arrive(s, Sock(reads=[REQ[:4], OSError(ECONNRESET)]))
+    s.handle(p, http._IN)
+    s.handle(p, http._IN)
+    assert p.closed and s.busy == 0 and p.sent == b""
+    p = arrive(s, Sock(reads=[REQ], writes=[3, OSError(EPIPE)]))
+    s.handle(p, http._IN)
+    assert p.closed and s.busy == 0
+    p = arrive(s, Sock(reads=[REQ[:4], b""]))  # half-closed before a complete request
+    s.handle(p, http._IN)
+    s.handle(p, http._IN)
+    assert p.closed and s.busy == 0 and p.sent == b""
+
+
+def test_error_event_while_writing_frees_the_slot():
+    s = server()
+    p = arrive(s, Sock(reads=[REQ], writes=[None]))
+    s.handle(p, http._IN)
+    assert s.busy == 1
+    s.handle(p, http.select.POLLHUP)
+    assert p.closed and s.busy == 0
+
+
+def test_full_newcomer_takes_a_slow_clients_slot_or_gets_503():
+    s = server(slots=2)
+    a = arrive(s, Sock(reads=[REQ[:3]]))
+    s.handle(a, http._IN)
+    b = arrive(s, Sock())
+    late = arrive(s, Sock())  # both are still young: nobody is put off
+    assert late.closed and late.sent.startswith(b"HTTP/1.0 503 Service Unavailable\r\n")
+    assert s.busy == 2 and not a.closed and not b.closed
+    s.conns[0].deadline = time.ticks_add(time.ticks_ms(), 3000 - 300)  # a has been sending for 300 ms
+    new = arrive(s, Sock(reads=[REQ]))
+    assert a.closed and a.sent.startswith(b"HTTP/1.0 408 ") and not b.closed and not new.closed
+    s.handle(new, http._IN)
+    assert new.sent.startswith(b"HTTP/1.0 200 OK") and s.busy == 1
+    # A slot that is answering (window full) is never taken, however old.
+    s.handle(b, http._IN)
+    b.reads, b.writes = [REQ], [None]
+    s.handle(b, http._IN)
+    s.conns[1].deadline = time.ticks_add(time.ticks_ms(), 3000 - 300)
+    c = arrive(s, Sock())
+    late = arrive(s, Sock())
+    assert late.closed and late.sent.startswith(b"HTTP/1.0 503 ") and not b.closed and not c.closed
+
+
+def test_deadline_frees_silent_and_slow_slots():
+    s = server(timeout=100)
+    quiet = arrive(s, Sock())
+    slow = arrive(s, Sock(reads=[REQ[:3]]))
+    s.handle(slow, http._IN)
+    assert s.service(time.ticks_ms()) > 0
+    s.service(time.ticks_add(time.ticks_ms(), 200))
+    assert quiet.closed and quiet.sent == b""
+    assert slow.closed and slow.sent.startswith(b"HTTP/1.0 408 ")
+    assert s.busy == 0 and s.service(time.ticks_ms()) == -1
