@@ -24,7 +24,6 @@ HEAD_ROOM = const(256)
 # client on a slow WiFi link, short next to the read timeout (see Server._slot).
 _EVICT_AFTER_MS = const(250)
 
-
 GET = const(1)
 HEAD = const(2)
 POST = const(3)

@@ -211,12 +211,12 @@ def save_due(now):
     """Write the "last" values if one changed and the interval allows; ms until a write is due, or -1.
     The main loop calls this, so a change inside the interval is written when it ends."""
     global _dirty, _wrote
+    if _wrote is not None and time.ticks_diff(now, _wrote) >= _INTERVAL_MS:
+        _wrote = None  # forgotten long before ticks_ms wraps and the difference turns negative
     if not _dirty:
         return -1
     if _wrote is not None:
-        left = _INTERVAL_MS - time.ticks_diff(now, _wrote)
-        if left > 0:
-            return left
+        return _INTERVAL_MS - time.ticks_diff(now, _wrote)
     _dirty = False
     values = {}
     for sid in _saved:
@@ -227,10 +227,15 @@ def save_due(now):
     if values == _saved:
         return -1  # back to what the flash holds: nothing to write
     _wrote = now
+    tmp = STATE_FILE + ".tmp"
     try:
-        with open(STATE_FILE + ".tmp", "w") as f:
+        with open(tmp, "w") as f:
             json.dump(values, f)
-        os.rename(STATE_FILE + ".tmp", STATE_FILE)  # a power cut leaves the old file or the new one
+        try:
+            os.rename(tmp, STATE_FILE)  # a power cut leaves the old file or the new one
+        except OSError:  # FAT does not rename over a file (LittleFS does)
+            os.remove(STATE_FILE)
+            os.rename(tmp, STATE_FILE)
         _saved.update(values)
     except OSError as e:
         _dirty = True  # retried after the interval
