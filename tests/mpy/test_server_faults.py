@@ -34,7 +34,8 @@ class Sock:
     def recv(self, n):
         raise OSError(EAGAIN)
 
-    def write(self, data):
+    def write(self, data, off=0, n=None):  # MicroPython's stream write(buf, off, max)
+        data = data[off:] if n is None else data[off:off + n]
         w = self.writes.pop(0) if self.writes else len(data)
         if isinstance(w, OSError):
             raise w
