@@ -438,7 +438,7 @@ class Board:
         if self.mode == "friendly":  # as on the ESP32: main.py only when not in the raw REPL
             self._exec(b"f", b"main.py", self._after_main)
         else:
-            self.console(b"raw REPL; CTRL-B to exit\r\n>")
+            self._enter_raw()
 
     def _after_main(self, status, text):
         self.cooked(text)
@@ -446,11 +446,16 @@ class Board:
             return self.soft_reset()
         self._enter_friendly()
 
-    def _enter_friendly(self):
+    def _enter_friendly(self, before=b""):
         self.mode = "friendly"
         self.line.clear()
         self.cont = 0
-        self.console(BANNER + b">>> ")
+        self.console(before + BANNER + b">>> ")
+
+    def _enter_raw(self):
+        self.mode = "raw"
+        self.line.clear()
+        self.console(b"raw REPL; CTRL-B to exit\r\n>")
 
     # --- REPL input -----------------------------------------------------------------------------
 
@@ -469,7 +474,7 @@ class Board:
                 self.console(b"\x04")
                 if c == 3:
                     return self.console(b"\x04KeyboardInterrupt: \r\n\x04>")
-                return self._exec(b"x", self.line, self._after_raw_paste)
+                return self._exec(b"x", self.line, self._after_raw)
             self.line.append(c)
             self.paste -= 1
             if self.paste == 0:
@@ -485,11 +490,9 @@ class Board:
                 self.console(b"R\x00")
                 self.line.clear()
                 return self.console(b">")
-            self.line.clear()
-            self.console(b"raw REPL; CTRL-B to exit\r\n>")
+            self._enter_raw()
         elif c == 2:
-            self.console(b"\r\n")
-            self._enter_friendly()
+            self._enter_friendly(b"\r\n")
         elif c == 3:
             self.line.clear()
         elif c == 4:
@@ -509,8 +512,6 @@ class Board:
         if status == b"x":
             return self.soft_reset()
         self.console(b">")
-
-    _after_raw_paste = _after_raw
 
     def _feed_paste(self, c):
         if c == 3:
@@ -534,12 +535,9 @@ class Board:
         if 1 <= c <= 5 and empty and not (self.cont and c != 4):
             if c == 1:
                 self.console(b"\r\n")
-                self.mode = "raw"
-                self.line.clear()
-                self.console(b"raw REPL; CTRL-B to exit\r\n>")
+                self._enter_raw()
             elif c == 2:
-                self.console(b"\r\n")
-                self._enter_friendly()
+                self._enter_friendly(b"\r\n")
             elif c == 3:
                 self.console(b"\r\n>>> ")
             elif c == 4 and self.cont:
