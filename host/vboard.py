@@ -36,7 +36,7 @@ MICROPYTHON = os.path.join(ROOT, ".venv", "bin", "micropython")
 
 MARK = b"\x00\x1bvb:"  # agent -> board: MARK + status + b"<len>:" + text
 WINDOW = 1024  # raw-paste flow-control window (an ESP32 offers 128; larger is faster here)
-OUT_MAX = 1 << 20  # console bytes kept while nobody reads the port; older ones are dropped
+OUT_MAX = 1 << 18  # console bytes kept while nobody reads the port; older ones are lost, as on a UART
 SIGINT_GAP = 0.1  # the unix port exits on a 2nd SIGINT while the 1st is pending: space them
 BANNER = b"MicroPython (unix port) on virtual board; vboard with flash folder\r\nType \"help()\" for more information.\r\n"
 
@@ -327,6 +327,7 @@ class Board:
         self.sel.register(self.proc.stdout, selectors.EVENT_READ, self._on_agent)
         self.started = time.monotonic()
         self.ready = False
+        self.deferred_int = False
         self.busy = None
         self.abuf.clear()
 
