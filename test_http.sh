@@ -80,7 +80,8 @@ streams=""
 if check "SendState" GET "$ds/SendState?osid=$osid" 200 "\"osid\":\"$osid\"" '"datastreams":['; then
     # one line per stream: id format type value
     streams=$(printf '%s' "$body" | tr '{' '\n' | grep '"datastream_id"' | while IFS= read -r item; do
-        echo "$(field datastream_id "$item") $(field datastream_format "$item") $(field datastream_type "$item") $(field value "$item")"
+        printf '%s %s %s %s\n' "$(field datastream_id "$item")" "$(field datastream_format "$item")" \
+            "$(field datastream_type "$item")" "$(field value "$item")"
     done)
     count=$(printf '%s' "$body" | sed -n 's/.*"count":\([0-9]*\).*/\1/p')
     listed=$(printf '%s\n' "$streams" | grep -c .)

@@ -81,7 +81,8 @@ fi
 [ -n "$port" ] || die "no serial port found: plug the board in, or give it (./upload.sh /dev/ttyUSB0 or AMPY_PORT=...)"
 [ -c "$port" ] || die "$port is not a serial port (no such device)"
 if ! [ -r "$port" ] || ! [ -w "$port" ]; then
-    die "no permission on $port: add yourself to its group (sudo usermod -aG $(stat -c %G "$port") \"\$USER\", then log in again)"
+    die "no permission on $port: add yourself to its group" \
+        "(sudo usermod -aG $(stat -c %G "$port") \"\$USER\", then log in again)"
 fi
 # Terminal programs (picocom, mpremote, esptool) take an exclusive lock on the port: respect it.
 # Holding the port open ourselves also keeps its modem lines steady between ampy's calls.
@@ -163,7 +164,8 @@ status=0
 timeout "$probe_timeout" "$ampy" -p "$port" run "$tmp/probe.py" >"$tmp/answer" 2>"$tmp/err" || status=$?
 tr -d '\r' <"$tmp/answer" >"$tmp/board"  # the board's console ends lines with \r\n
 if [ "$status" = 124 ]; then
-    die "no MicroPython REPL answered on $port within ${probe_timeout}s: is it a MicroPython board (flash it with esptool, see README), at the right baud rate, and not held by another program?"
+    die "no MicroPython REPL answered on $port within ${probe_timeout}s: is it a MicroPython board" \
+        "(flash it with esptool, see README), at the right baud rate, and not held by another program?"
 elif [ "$status" != 0 ]; then
     die "could not talk to a MicroPython board on $port: $(ampy_error)"
 fi
@@ -217,6 +219,7 @@ if [ "$removed" -gt 0 ]; then
 fi
 
 echo "$me: $sent sent, $kept unchanged, $removed removed; resetting the board"
-run_ampy reset --hard >/dev/null || die "files are on the board, but the reset failed: $(ampy_error) (press its EN/RST button)"
+run_ampy reset --hard >/dev/null ||
+    die "files are on the board, but the reset failed: $(ampy_error) (press its EN/RST button)"
 echo "$me: done. Watch its console: picocom -b ${AMPY_BAUD:-115200} $port   (quit: Ctrl-A Ctrl-X)"
 echo "$me: once it prints its address, check it: ./test_http.sh <board-ip>"

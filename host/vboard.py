@@ -26,7 +26,9 @@ import pty
 import selectors
 import signal
 import subprocess
+import shutil
 import sys
+import tempfile
 import time
 import tty
 import warnings
@@ -38,7 +40,8 @@ MARK = b"\x00\x1bvb:"  # agent -> board: MARK + status + b"<len>:" + text
 WINDOW = 1024  # raw-paste flow-control window (an ESP32 offers 128; larger is faster here)
 OUT_MAX = 1 << 18  # console bytes kept while nobody reads the port; older ones are lost, as on a UART
 SIGINT_GAP = 0.1  # the unix port exits on a 2nd SIGINT while the 1st is pending: space them
-BANNER = b"MicroPython (unix port) on virtual board; vboard with flash folder\r\nType \"help()\" for more information.\r\n"
+BANNER = (b"MicroPython (unix port) on virtual board; vboard with flash folder\r\n"
+          b"Type \"help()\" for more information.\r\n")
 
 # Runs inside micropython. Statuses: R ready, o ok, e exception (text = traceback), x SystemExit
 # (the board soft-resets), r machine.reset() (the board restarts the process).
@@ -148,7 +151,7 @@ def trace(e):
     lines = s.getvalue().split("\n")
     cut = 0
     for i, line in enumerate(lines):
-        if '"<vboard>"' in line:
+        if __file__ in line:
             cut = i + 1
     if cut:  # the agent's own frames mean nothing to the user
         lines = lines[:1] + lines[cut:]
@@ -166,8 +169,9 @@ def run(kind, src, g):
                 return b"o", b""
             with open(name) as f:
                 code = f.read()
+            code = compile(code, name, "exec")  # the source need not stay in the heap
             g["__file__"] = name
-            exec(compile(code, name, "exec"), g)
+            exec(code, g)
         else:
             exec(compile(src.decode(), "<stdin>", "single" if kind == b"s" else "exec"), g)
         return b"o", b""
@@ -219,7 +223,6 @@ def serve():
 setup()
 serve()
 ''' % MARK
-AGENT_ARGV = "exec(compile(%r, '<vboard>', 'exec'))" % AGENT
 
 
 def _die_with_parent():
@@ -246,6 +249,11 @@ class Board:
     def __init__(self, flash, heap="128K", log=None):
         self.flash = os.path.abspath(flash)
         self.heap = heap
+        # A file rather than -c: the unix port keeps a -c string in the heap for good (~5 KB).
+        self.tmp = tempfile.mkdtemp(prefix="vboard-")
+        self.agent = os.path.join(self.tmp, "agent.py")
+        with open(self.agent, "w") as f:
+            f.write(AGENT)
         self.log = open(log, "ab", buffering=0) if log else None
         self.master, self.slave = pty.openpty()
         tty.setraw(self.slave)  # at once: a client opening it must not meet echo or line editing
@@ -320,7 +328,7 @@ class Board:
         env = dict(os.environ, VBOARD_FLASH=self.flash)
         env.pop("MICROPYPATH", None)
         self.proc = subprocess.Popen(
-            [MICROPYTHON, "-X", "heapsize=" + self.heap, "-c", AGENT_ARGV], cwd=self.flash, env=env,
+            [MICROPYTHON, "-X", "heapsize=" + self.heap, self.agent], cwd=self.flash, env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent)
         os.set_blocking(self.proc.stdout.fileno(), False)
@@ -340,6 +348,7 @@ class Board:
         self.proc.stdin.close()
         self.proc.stdout.close()
         self.proc = None
+        self.ready = False
 
     def _exec(self, kind, payload, then):
         self.busy = then
@@ -597,6 +606,7 @@ class Board:
 
     def close(self):
         self._stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def main():

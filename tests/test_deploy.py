@@ -140,16 +140,25 @@ def test_board_resets_into_the_firmware_and_test_http_passes(deployed):
     assert "ok   SetDatastream led on" in lines and "ok   SendData led reads false after off" in lines
 
 
+def make_checkout(dest, firmware=None):
+    """A copy of upload.sh with the repository's firmware (or `firmware`: name -> text) and
+    lib/, using the repository's .venv: a tree to change files in."""
+    dest.mkdir()
+    shutil.copy2(os.path.join(ROOT, "upload.sh"), dest / "upload.sh")
+    if firmware is None:
+        for name in flash.FIRMWARE:
+            shutil.copy2(os.path.join(ROOT, name), dest / name)
+    else:
+        for name, text in firmware.items():
+            (dest / name).write_text(text)
+    shutil.copytree(os.path.join(ROOT, "lib"), dest / "lib")
+    os.symlink(os.path.join(ROOT, ".venv"), dest / ".venv")
+    return dest
+
+
 @pytest.fixture
 def checkout(tmp_path):
-    """A copy of the repository's deployable files, to change one module in (tools from .venv)."""
-    copy = tmp_path / "checkout"
-    copy.mkdir()
-    for name in flash.FIRMWARE + ["upload.sh"]:
-        shutil.copy2(os.path.join(ROOT, name), copy / name)
-    shutil.copytree(os.path.join(ROOT, "lib"), copy / "lib")
-    os.symlink(os.path.join(ROOT, ".venv"), copy / ".venv")
-    return copy
+    return make_checkout(tmp_path / "checkout")
 
 
 def test_second_upload_sends_only_the_changed_module_and_keeps_the_boards_cfg(deployed, checkout):
@@ -191,6 +200,24 @@ def test_upload_failing_midway_names_the_file_and_a_retry_recovers(deployed):
     assert "  put    /mqtt.mpy" in out and deployed.files() == EXPECTED
     deployed.wait_log("serving http://127.0.0.1:%d/" % deployed.port, since=mark)
     wait_port(deployed.port)
+
+
+def test_no_compile_uploads_sources_and_removes_their_mpy_twins(tmp_path):
+    # A small firmware: sources of the real one need more heap than 128K to compile on the board.
+    firmware = {"boot.py": "print('tiny boot')\n", "cfg.py": "X = 6\n", "tiny.py": "Y = 7\n",
+                "main.py": "import cfg, tiny\nprint(cfg.X * tiny.Y)\n"}
+    tree = make_checkout(tmp_path / "checkout", firmware)
+    (tmp_path / "flash").mkdir()
+    (tmp_path / "flash" / "tiny.mpy").write_bytes(b"M\x06stale")
+    board = VBoard(tmp_path / "flash")
+    try:
+        code, out = upload("--no-compile", board.path, root=str(tree))
+        assert code == 0, out
+        assert board.files() == ["boot.py", "cfg.py", "lib/umqtt/simple.py", "main.py", "tiny.py"]
+        assert "  remove /tiny.mpy" in out
+        board.wait_log("tiny boot\r\n42\r\n")
+    finally:
+        board.stop()
 
 
 @pytest.fixture
