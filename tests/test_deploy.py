@@ -90,6 +90,13 @@ def upload(*args, root=ROOT, cwd="/", **env):
     return p.returncode, p.stdout
 
 
+def run_test_http(target, *args):
+    """Run test_http.sh; return (exit code, its lines)."""
+    p = subprocess.run([os.path.join(ROOT, "test_http.sh"), target] + list(args), cwd="/", capture_output=True,
+                       text=True, timeout=120)
+    return p.returncode, p.stdout.splitlines()
+
+
 def mtimes(board):
     return {n: os.stat(os.path.join(board.flash, n)).st_mtime_ns for n in board.files()}
 
@@ -131,11 +138,8 @@ def test_board_resets_into_the_firmware_and_test_http_passes(deployed):
     assert deployed.first[1] == 0
     deployed.wait_log("datastream: serving http://127.0.0.1:%d/" % deployed.port)
     wait_port(deployed.port)
-    p = subprocess.run([os.path.join(ROOT, "test_http.sh"), "127.0.0.1:%d" % deployed.port], cwd="/",
-                       capture_output=True, text=True, timeout=120)
-    lines = p.stdout.splitlines()
-    assert p.returncode == 0, p.stdout
-    assert lines[-1].endswith(" passed, 0 failed"), p.stdout
+    code, lines = run_test_http("127.0.0.1:%d" % deployed.port)
+    assert code == 0 and lines[-1].endswith(" passed, 0 failed"), lines
     assert int(lines[-1].split()[0]) >= 20 and len(lines) >= 21
     assert "ok   SetDatastream led on" in lines and "ok   SendData led reads false after off" in lines
 
@@ -290,3 +294,25 @@ def test_virtual_board_works_with_mpremote_and_keeps_to_its_flash(small_board, t
     p = subprocess.run(mpremote + ["exec", "import seven; print(seven.X * 6)"], capture_output=True, text=True,
                        timeout=60)
     assert p.returncode == 0 and p.stdout.strip().endswith("42"), p.stdout + p.stderr
+
+
+def test_test_http_on_the_host_firmware_passes_and_fails_on_a_wrong_osid(device):
+    code, lines = run_test_http("127.0.0.1:%d" % device.port)
+    assert code == 0 and lines[-1].endswith(" passed, 0 failed"), lines
+    code, lines = run_test_http("127.0.0.1:%d" % device.port, "NotThisDevice")
+    assert code != 0 and "FAIL SendState: no \"osid\":\"NotThisDevice\"" in "\n".join(lines), lines
+    assert not lines[-1].endswith(" 0 failed")
+    device.alive()
+
+
+def test_test_http_fails_when_nothing_answers():
+    code, lines = run_test_http("127.0.0.1:%d" % free_port())
+    assert code != 0
+    assert lines[0].startswith("FAIL health: HTTP 000") and lines[-1].startswith("0 passed, ")
+
+
+def test_scripts_are_shellcheck_clean():
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (./host/setup.sh installs it when run as root)")
+    p = subprocess.run(["shellcheck", "upload.sh", "test_http.sh"], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout
