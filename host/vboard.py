@@ -148,14 +148,8 @@ def command():
 def trace(e):
     s = io.StringIO()
     sys.print_exception(e, s)
-    lines = s.getvalue().split("\n")
-    cut = 0
-    for i, line in enumerate(lines):
-        if __file__ in line:
-            cut = i + 1
-    if cut:  # the agent's own frames mean nothing to the user
-        lines = lines[:1] + lines[cut:]
-    return "\n".join(lines).encode()
+    # the agent's own frames (its loop, the Flash class) mean nothing to the user
+    return "\n".join(line for line in s.getvalue().split("\n") if __file__ not in line).encode()
 
 
 def run(kind, src, g):

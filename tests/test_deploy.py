@@ -294,6 +294,11 @@ def test_virtual_board_works_with_mpremote_and_keeps_to_its_flash(small_board, t
     p = subprocess.run(mpremote + ["exec", "import seven; print(seven.X * 6)"], capture_output=True, text=True,
                        timeout=60)
     assert p.returncode == 0 and p.stdout.strip().endswith("42"), p.stdout + p.stderr
+    p = subprocess.run(mpremote + ["exec", "open('/etc/passwd')"], capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0
+    told = (p.stdout + p.stderr).replace("\r", "")
+    assert told == 'Traceback (most recent call last):\n  File "<stdin>", line 1, in <module>\n' \
+        "OSError: [Errno 2] ENOENT\n", "as a board tells it, without frames of the virtual board's own"
 
 
 def test_test_http_on_the_host_firmware_passes_and_fails_on_a_wrong_osid(device):
