@@ -103,7 +103,7 @@ ampy_error() {
 
 # --- what to send: local file -> board path ----------------------------------------------------
 files=()  # "local|remote" pairs, modules first, boot.py and main.py last
-stale=()  # board paths that must go when the paired file is sent: .py wins over .mpy on import
+stale=()  # the twin of each: .py wins over .mpy on import, so a twin left behind shadows or lingers
 add() {
     files+=("$1|$2")
     case "$2" in
@@ -134,7 +134,8 @@ done
 
 # --- what the board has: one ampy call hashes the board's copies (and makes /lib/umqtt) ----------
 {
-    echo "import os, hashlib, binascii"
+    echo "import os, sys, hashlib, binascii"
+    echo "print('@mpy', getattr(sys.implementation, '_mpy', 0) & 0xff)"
     echo "for d in ('/lib', '/lib/umqtt'):"
     echo "    try:"
     echo "        os.mkdir(d)"
@@ -170,6 +171,15 @@ elif [ "$status" != 0 ]; then
     die "could not talk to a MicroPython board on $port: $(ampy_error)"
 fi
 grep -q '^@ ' "$tmp/board" || die "$port answered, but not like a MicroPython board: $(head -c 200 "$tmp/board")"
+for built in "$tmp"/build/*.mpy; do  # byte 1 of a .mpy is its format version
+    [ -f "$built" ] || break
+    board_mpy=$(sed -n 's/^@mpy \([0-9]*\)$/\1/p' "$tmp/board")
+    built_mpy=$(od -An -tu1 -j1 -N1 "$built" | tr -d ' ')
+    [ "$board_mpy" = "$built_mpy" ] ||
+        die "the board's MicroPython loads .mpy v$board_mpy, mpy-cross makes v$built_mpy:" \
+            "update MicroPython on the board (see README) or upload sources with --no-compile"
+    break
+done
 
 board_sha() {
     sed -n "s|^@ \([-0-9a-f]*\) $1\$|\1|p" "$tmp/board" | head -n 1

