@@ -6,7 +6,8 @@ REPL (echo, continuation lines, paste mode with Ctrl-E), Ctrl-C, Ctrl-D soft res
 boot.py and main.py, the raw REPL (Ctrl-A) and raw-paste mode (Ctrl-E A Ctrl-A) with its flow
 control. The code itself runs in a real, persistent `micropython` unix-port process (the "agent")
 whose `/` is a folder standing for the board's flash, so ampy, mpremote or picocom work on the pty
-unmodified, and what they put on the board is what the firmware boots from.
+unmodified, and what they put on the board is what the firmware boots from. Left out: the friendly
+REPL's auto-indent, history and tab completion, and input() (the agent's stdin carries commands).
 
     python host/vboard.py FLASH_DIR [--heap 128K] [--log FILE]
 
