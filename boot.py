@@ -1,5 +1,15 @@
-# Runs first at every boot: a short banner, nothing that could block the REPL (ampy needs it).
+# Runs first at every boot, also when ampy soft-resets the board into the raw REPL: a short banner
+# and nothing that could block the REPL (the server starts in main.py, which the raw REPL skips).
 import gc
 
+import hw
+
 gc.collect()
-print("datastream firmware: boot, mem_free %d" % gc.mem_free())
+cause = ""
+if hw.BOARD:
+    import machine
+
+    cause = {machine.PWRON_RESET: "power on", machine.HARD_RESET: "hard reset", machine.WDT_RESET: "watchdog",
+             machine.DEEPSLEEP_RESET: "deep sleep", machine.SOFT_RESET: "soft reset"}.get(machine.reset_cause(), "other")
+    cause = ", reset by " + cause
+print("datastream firmware: boot%s, mem_free %d" % (cause, gc.mem_free()))

@@ -8,6 +8,16 @@ TITLE = "Objeto ESP32"
 # WiFi (ESP32 only; ignored on the host simulation).
 WIFI_SSID = ""
 WIFI_PASSWORD = ""
+WIFI_TIMEOUT_MS = 15000  # give up one connect attempt after this long
+WIFI_BACKOFF_MAX_MS = 60000  # retries wait 1 s, 2 s, 4 s ... up to this
+NTP_HOST = "pool.ntp.org"  # the RTC is set from it once WiFi is up ("" turns that off)
+
+# Reliability (ESP32): the watchdog resets a board whose loop stops turning; after
+# SAFE_MODE_BOOTS quick boots in a row (each shorter than SAFE_MODE_CLEAN_S) the device starts in
+# safe mode: REPL and health only, no MQTT, no actuators driven, until a run lasts that long.
+WDT_TIMEOUT_MS = 8000  # 0 turns the watchdog off
+SAFE_MODE_BOOTS = 3
+SAFE_MODE_CLEAN_S = 60
 
 # HTTP server.
 HTTP_BIND = "0.0.0.0"
@@ -41,7 +51,7 @@ STATE_SAVE_INTERVAL = 10
 #   hw "rtc" | "mcu_temp" | "mem_free"                  built-in sensors
 #   hw "custom":   read="module:function", [write="module:function"]
 #   actuators: restore = "off" | "on" | "last" (the value applied at boot; numbers: min | max | last)
-STREAMS = (
+STREAMS = (  # type: tuple
     {"id": "led", "format": "boolean", "type": "actuator", "hw": "pin", "pin": 2, "restore": "off"},
     {"id": "rele", "format": "boolean", "type": "actuator", "hw": "pin", "pin": 4, "restore": "off"},
     {"id": "reloj", "format": "timestamp", "type": "sensor", "hw": "rtc"},

@@ -165,7 +165,7 @@ class Conn(Writer):
         super().__init__(size)
         self.sock = None
         self.state = _FREE
-        self.deadline = 0
+        self.deadline = time.ticks_ms()  # a ticks value (the stubs keep ticks apart from ints)
         self.n = 0
         self.method = 0
         self.path = 0  # request target spans, as offsets into buf

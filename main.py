@@ -6,54 +6,16 @@ import sys
 import time
 
 import cfg
+import guard  # first: it counts this boot, and in safe mode turns MQTT off before mqtt looks
+import streams  # next: it checks cfg (and turns off what cannot work) before the others read it
 import http
-import hw
 import mqtt
 import router
-import streams
+from wifi import Wifi
 from micropython import const
 
 _MAX_WAIT_MS = const(1000)  # upper bound of one poll: the loop's own heartbeat
 _GC_EVERY = const(16384)  # collect after this many bytes allocated: keeps the heap unfragmented
-
-
-class Wifi:
-    """Station mode on the board, nothing on the host: connect, wait with a deadline, retry."""
-
-    def __init__(self):
-        self.wlan = None
-        self.deadline = 0
-        if hw.BOARD and cfg.WIFI_SSID:
-            import network
-
-            self.wlan = network.WLAN(network.STA_IF)
-            self.wlan.active(True)
-            self._connect(time.ticks_ms())
-
-    def _connect(self, now):
-        print("wifi: connecting to %s" % cfg.WIFI_SSID)
-        try:
-            self.wlan.connect(cfg.WIFI_SSID, cfg.WIFI_PASSWORD)
-        except OSError as e:
-            print("wifi: connect failed: %s" % e)
-        self.deadline = time.ticks_add(now, 15000)
-        self.up = False
-
-    def service(self, now):
-        w = self.wlan
-        if w is None:
-            return -1
-        up = w.isconnected()
-        if up != self.up:
-            self.up = up
-            print("wifi: %s" % (("up, ip " + w.ifconfig()[0]) if up else "down"))
-        if not up and time.ticks_diff(now, self.deadline) >= 0:
-            w.disconnect()
-            self._connect(now)
-        return _MAX_WAIT_MS
-
-    def ip(self):
-        return self.wlan.ifconfig()[0] if self.wlan is not None and self.wlan.isconnected() else "127.0.0.1"
 
 
 def _soonest(a, b):
@@ -65,9 +27,21 @@ def _soonest(a, b):
     return a if a < b else b
 
 
+_SAFE_MODE = http.canned(503, b"Modo seguro")
+
+
+def _safe_routes():
+    """Safe mode: the datastream routes answer 503 (these come first, so they win); health stays."""
+    for path, method in ((b"/Datastreams/SendState", http.GET), (b"/Datastreams/SendData", http.GET),
+                         (b"/Datastreams/SetDatastream", http.POST)):
+        router.add(path, lambda c: c.send_const(_SAFE_MODE), method, True)
+
+
 def run():
     wifi = Wifi()
     telemetry = mqtt.Telemetry(wifi.ip)
+    if guard.SAFE:
+        _safe_routes()
     router.setup(telemetry)
     streams.restore()
     size = max(cfg.HTTP_BUF, http.HEAD_ROOM + streams.body_max())
@@ -77,11 +51,13 @@ def run():
     telemetry.attach(poller)
     gc.collect()
     gc.threshold(_GC_EVERY)
+    guard.watchdog()
     print("datastream: serving http://%s:%d/ (%d slots of %d B), mem_free %d" % (
         cfg.HTTP_BIND, cfg.HTTP_PORT, cfg.HTTP_SLOTS, size, gc.mem_free()))
     while True:
         try:
             now = time.ticks_ms()
+            guard.feed(now)
             streams.uptime_s()
             wait = _soonest(_soonest(server.service(now), telemetry.service(now)), wifi.service(now))
             wait = _soonest(wait, streams.save_due(now))
@@ -94,4 +70,7 @@ def run():
             sys.print_exception(e)
 
 
-run()
+try:
+    run()
+except Exception as e:  # e.g. the port is taken: reset, and let the boot counter see it
+    guard.reboot(e)

@@ -4,17 +4,17 @@
 import gc
 import json
 import os
+import sys
 import time
 
 import cfg
+import guard
 import hw
 from http import CORS
 
 VERSION = "1.0.0"
 VALUE_MAX = 64  # longest value text; keeps every response within its buffer
 
-FORMATS = ("boolean", "integer", "float", "string", "timestamp")
-TYPES = ("actuator", "sensor")
 
 OK = b'{"status":"success","code":"1001","message":'
 _WRONG_OSID = b'{"status":"error","code":"1025","message":"ID incorrecto"}'
@@ -26,7 +26,7 @@ _TRUE = ("on", "true", "1")
 _FALSE = ("off", "false", "0")
 
 _INF = float("inf")
-_uptime = [0, time.ticks_ms()]  # ms so far, tick of the last update
+_uptime = [0, time.ticks_ms()]  # type: list  # ms so far, tick of the last update
 
 
 def uptime_s():
@@ -135,12 +135,11 @@ def _read(s):
         return "0"
 
 
-STREAMS = [Stream(spec) for spec in cfg.STREAMS]
 on_change = []  # called with the stream after every successful set (telemetry, state restore)
 _OSID = _jstr(cfg.OSID)
 _OSID_B = cfg.OSID.encode()
-_HEALTH = b'{"status":"healthy","service":"datastream","osid":%s,"title":%s,"version":%s,' % (
-    _OSID, _jstr(cfg.TITLE), _jstr(VERSION))
+_HEALTH = b'{"status":"healthy","service":"datastream","osid":%s,"title":%s,"version":%s,%s' % (
+    _OSID, _jstr(cfg.TITLE), _jstr(VERSION), b'"safe_mode":true,' if guard.SAFE else b"")
 
 
 def reason(e):
@@ -248,6 +247,14 @@ def find(sid):
         if s.id == sid:
             return s
     return None
+
+
+STREAMS = []
+if not guard.SAFE:  # safe mode drives no actuator: no stream is even set up
+    import check  # cfg's checks: their code is needed once, so it is dropped after use
+
+    check.load(Stream, STREAMS)
+    del check, sys.modules["check"]
 
 
 def body_max():

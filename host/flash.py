@@ -41,10 +41,14 @@ def build(dest, overrides=None, mpy=False):
     return dest
 
 
-def command(flash, heap="128K"):
+DOUBLES = os.path.join(ROOT, "tests", "doubles")
+
+
+def command(flash, heap="128K", esp32=False):
     """argv and environment that boot the firmware from `flash` as the board would: boot.py, then
-    main.py, with the board's module path ('' and /lib)."""
-    env = dict(os.environ, MICROPYPATH=":%s/lib:.frozen" % flash)
+    main.py, with the board's module path ('' and /lib). With esp32, the test doubles of the ESP32
+    port's modules come first on the path, so the firmware takes its board code path."""
+    env = dict(os.environ, MICROPYPATH="%s:%s/lib:.frozen" % (DOUBLES if esp32 else "", flash))
     argv = [os.path.join(BIN, "micropython"), "-X", "heapsize=" + heap, "-c", "import boot\nimport main"]
     return argv, env
 
@@ -59,6 +63,7 @@ if __name__ == "__main__":
     ap.add_argument("--mqtt", default=os.environ.get("MQTT", "127.0.0.1:1883"),
                     help="broker host:port for telemetry ('' turns it off)")
     ap.add_argument("--mpy", action="store_true", help="run the modules precompiled to .mpy")
+    ap.add_argument("--esp32", action="store_true", help="the ESP32 code path, on the test doubles (board.json)")
     args = ap.parse_args()
     over = {"HTTP_BIND": "127.0.0.1", "HTTP_PORT": args.port}
     if args.mqtt:
@@ -66,7 +71,7 @@ if __name__ == "__main__":
         over.update(MQTT_HOST=host, MQTT_PORT=int(port or 1883), MQTT_TOKEN=os.environ.get("TB_TOKEN", "host-demo"))
     shutil.rmtree(args.flash, ignore_errors=True)
     build(args.flash, over, mpy=args.mpy)
-    argv, env = command(args.flash, args.heap)
+    argv, env = command(args.flash, args.heap, args.esp32)
     print("flash folder %s, heap %s: firmware on http://127.0.0.1:%d/" % (args.flash, args.heap, args.port), flush=True)
     os.chdir(args.flash)
     os.execve(argv[0], argv, env)

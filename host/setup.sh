@@ -27,4 +27,5 @@ if [ ! -x "$venv/bin/python" ] || ! cmp -s "$root/host/requirements.txt" "$stamp
     cp "$root/host/requirements.txt" "$stamp"
 fi
 "$venv/bin/python" "$root/host/fetch_umqtt.py" "$root" >&2
+"$root/host/typecheck.sh" --install
 echo "$venv/bin"

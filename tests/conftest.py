@@ -64,8 +64,9 @@ class Response:
 class Firmware:
     """One firmware process booted from its own flash folder."""
 
-    def __init__(self, flash_dir, overrides, heap=HEAP, mpy=MPY, extra_files=None):
+    def __init__(self, flash_dir, overrides, heap=HEAP, mpy=MPY, extra_files=None, esp32=False):
         self.flash = flash_dir
+        self.esp32 = esp32  # boot on the ESP32 code path, through tests/doubles
         self.port = overrides.setdefault("HTTP_PORT", free_port())
         overrides.setdefault("HTTP_BIND", "127.0.0.1")
         self.overrides = overrides
@@ -79,7 +80,7 @@ class Firmware:
         self.logfile = os.path.join(os.path.dirname(flash_dir), "console-%d.log" % self.port)
 
     def start(self):
-        argv, env = flash.command(self.flash, self.heap)
+        argv, env = flash.command(self.flash, self.heap, self.esp32)
         self.log_fh = open(self.logfile, "ab")
         self.proc = subprocess.Popen(argv, cwd=self.flash, env=env, stdout=self.log_fh, stderr=subprocess.STDOUT)
         wait_port(self.port, self.proc)
@@ -143,9 +144,9 @@ def make_firmware(tmp_path):
     """Factory: make_firmware(**cfg_overrides) boots a firmware; all are stopped at teardown."""
     started = []
 
-    def make(heap=HEAP, mpy=MPY, extra_files=None, **overrides):
+    def make(heap=HEAP, mpy=MPY, extra_files=None, esp32=False, **overrides):
         d = tmp_path / ("flash%d" % len(started))
-        fw = Firmware(str(d), overrides, heap=heap, mpy=mpy, extra_files=extra_files)
+        fw = Firmware(str(d), overrides, heap=heap, mpy=mpy, extra_files=extra_files, esp32=esp32)
         started.append(fw)
         return fw.start()
 

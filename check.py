@@ -1,0 +1,69 @@
+# cfg.py checked at boot, before anything reads it: each stream entry that cannot work is left out
+# and each setting that cannot work is turned off, with one console line naming the problem, so a
+# typo costs that entry, never the device (health is always served). streams.py imports this once
+# and drops it: on a low-RAM board the checks cost nothing after boot.
+import cfg
+import hw
+
+FORMATS = ("boolean", "integer", "float", "string", "timestamp")
+TYPES = ("actuator", "sensor")
+_ONLY = {"pwm": "actuator", "adc": "sensor", "rtc": "sensor", "mcu_temp": "sensor", "mem_free": "sensor"}
+
+
+def _problem(spec, ids, pins):
+    """What makes a stream spec unusable, or None. `pins` maps the GPIOs taken so far to ids."""
+    if not isinstance(spec, dict):
+        return "not a dict"
+    for key in ("id", "format", "type", "hw"):
+        if key not in spec:
+            return "no %s" % key
+    kind, pin = spec["hw"], spec.get("pin")
+    if not isinstance(spec["id"], str) or not spec["id"]:
+        return "id must be a non-empty string"
+    if spec["id"] in ids:
+        return "duplicate id"
+    if spec["format"] not in FORMATS:
+        return "unknown format %r (%s)" % (spec["format"], "|".join(FORMATS))
+    if spec["type"] not in TYPES:
+        return "unknown type %r (actuator|sensor)" % (spec["type"],)
+    if kind not in hw.KINDS:
+        return "unknown hw %r (%s)" % (kind, "|".join(hw.KINDS))
+    if _ONLY.get(kind, spec["type"]) != spec["type"]:
+        return "hw %s is for %ss only" % (kind, _ONLY[kind])
+    if kind in ("pin", "pwm", "adc"):
+        if not isinstance(pin, int) or pin < 0:
+            return "pin must be a GPIO number"
+        if pin in pins:
+            return "pin %d is already used by '%s'" % (pin, pins[pin])
+    if kind == "custom" and ":" not in str(spec.get("read")):
+        return 'custom needs read="module:function"'
+    return None
+
+
+def _settings():
+    if cfg.MQTT_HOST and not cfg.MQTT_TOKEN:
+        print("cfg: MQTT_HOST is set but MQTT_TOKEN is empty: telemetry off")
+        cfg.MQTT_HOST = ""
+    if 0 < cfg.WDT_TIMEOUT_MS < 2000:
+        print("cfg: WDT_TIMEOUT_MS %d is below 2000 (the loop turns every 1000 ms): using 2000" % cfg.WDT_TIMEOUT_MS)
+        cfg.WDT_TIMEOUT_MS = 2000
+
+
+def load(make, out):
+    """Check the settings, then append make(spec) to `out` for each usable entry of cfg.STREAMS."""
+    _settings()
+    ids, pins = set(), {}
+    for i, spec in enumerate(cfg.STREAMS):
+        why = _problem(spec, ids, pins)
+        if why is None:
+            try:
+                out.append(make(spec))
+            except Exception as e:  # the port refused the binding, e.g. an output on an input-only pin
+                why = "hw %s failed: %s" % (spec["hw"], e.args[0] if e.args else type(e).__name__)
+        if why is not None:
+            name = spec.get("id") if isinstance(spec, dict) else None
+            print("cfg: STREAMS[%d] %r: %s; left out" % (i, name, why))
+            continue
+        ids.add(spec["id"])
+        if spec["hw"] in ("pin", "pwm", "adc"):
+            pins[spec["pin"]] = spec["id"]
