@@ -6,13 +6,13 @@ import sys
 import time
 
 import cfg
-import guard  # first: it counts this boot, and in safe mode turns MQTT off before mqtt looks
-import streams  # next: it checks cfg (and turns off what cannot work) before the others read it
+import guard  # counts this boot first; streams (imported by mqtt) then checks cfg
 import http
 import mqtt
 import router
-from wifi import Wifi
+import streams
 from micropython import const
+from wifi import Wifi
 
 _MAX_WAIT_MS = const(1000)  # upper bound of one poll: the loop's own heartbeat
 _GC_EVERY = const(16384)  # collect after this many bytes allocated: keeps the heap unfragmented

@@ -77,7 +77,7 @@ class _Net:
         return _addr[key]
 
 
-simple.socket = _Net
+simple.socket = _Net  # type: ignore[attr-defined]  # the stubs do not list the module umqtt uses
 
 
 class Telemetry:
@@ -260,7 +260,7 @@ class Telemetry:
         size = len(self.ring)
         while self.queued and self.client is not None:
             n = min(self.queued, _BATCH)
-            batch = b"[" + b",".join(self.ring[(self.head + i) % size] for i in range(n)) + b"]"
+            batch = b"[" + b",".join(self.ring[(self.head + i) % size] for i in range(n)) + b"]"  # type: ignore[misc]
             if not self._publish(TELEMETRY, batch):
                 return
             for i in range(n):
