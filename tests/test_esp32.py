@@ -143,6 +143,11 @@ def test_wrong_password_backs_off_and_secrets_never_reach_the_console(make_firmw
     assert log.count("wifi: wrong password") == 1
     assert "wifi: up" not in log
     assert fw.alive()
+    # Backing off: tries start 0, ~2 and ~5 s after boot, the next one ~3 s later (1 s, 2 s, then
+    # the 2 s cap, each after the failure shows at a loop tick); retrying at every tick would
+    # have made two more by now.
+    time.sleep(2.5)
+    assert fw.log().count("double: wlan connect lab") <= 4
     set_board(fw, wifi=dict(AP, password=secret_pw))  # the AP now takes that password
     log = wait_log(fw, "wifi: up, ip 127.0.0.1", timeout=15)
     for r in (fw.get("/Datastreams/health"), fw.get("/telemetry/status")):
@@ -150,6 +155,16 @@ def test_wrong_password_backs_off_and_secrets_never_reach_the_console(make_firmw
     fw.stop()
     log = fw.log()
     assert secret_pw not in log and secret_token not in log
+
+
+def test_boot_py_returns_at_once_for_the_raw_repl(tmp_path):
+    """ampy soft-resets the board into the raw REPL, which runs boot.py only: it must return."""
+    d = flash.build(str(tmp_path / "flash"), {"HTTP_BIND": "127.0.0.1"})
+    argv, env = flash.command(d, esp32=True)
+    p = subprocess.run(argv[:-1] + ["import boot"], cwd=d, env=env, capture_output=True, text=True, timeout=10)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.startswith("datastream firmware: boot, reset by power on, mem_free ")
+    assert "serving" not in p.stdout and not os.path.exists(os.path.join(d, "bootcount"))
 
 
 def test_watchdog_is_fed_by_the_loop_and_resets_a_stalled_one(make_firmware):
