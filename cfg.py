@@ -10,7 +10,6 @@ WIFI_SSID = ""
 WIFI_PASSWORD = ""
 WIFI_TIMEOUT_MS = 15000  # give up one connect attempt after this long
 WIFI_BACKOFF_MAX_MS = 60000  # retries wait 1 s, 2 s, 4 s ... up to this
-NTP_HOST = "pool.ntp.org"  # the RTC is set from it once WiFi is up ("" turns that off)
 
 # Reliability (ESP32): the watchdog resets a board whose loop stops turning; after
 # SAFE_MODE_BOOTS quick boots in a row (each shorter than SAFE_MODE_CLEAN_S) the device starts in
@@ -38,7 +37,8 @@ MQTT_QOS = 0  # 1: every publish waits (at most MQTT_TIMEOUT_MS) for the broker'
 TELEMETRY_INTERVAL = 10  # seconds
 TELEMETRY_BUFFER = 16  # readings kept while the broker is unreachable (oldest dropped first)
 RPC_SWITCH = ""  # stream driven by the switch widgets' RPC; "" = the first boolean actuator
-NTP_HOST = "pool.ntp.org"  # sets the board's clock for the timestamps of buffered readings
+NTP_HOST = "pool.ntp.org"  # wifi.py sets the RTC from it at each link-up and every 6 h ("": never);
+# the reloj stream and the timestamps of buffered readings come from that clock
 
 # "last" actuator values are saved to flash on change, at most once per this many seconds.
 STATE_SAVE_INTERVAL = 10

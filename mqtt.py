@@ -105,7 +105,6 @@ class Telemetry:
         self.head = 0
         self.queued = 0
         self.switch = _switch_stream()
-        self.clock_set = False
         if self.enabled:
             self.out = Writer(_payload_max())
             streams.on_change.append(self.changed.append)
@@ -155,8 +154,6 @@ class Telemetry:
 
     # --- connection --------------------------------------------------------------------------
     def _connect(self):
-        if hw.BOARD and not self.clock_set:
-            self.clock_set = _set_clock()
         c = simple.MQTTClient("tb_" + cfg.OSID, cfg.MQTT_HOST, cfg.MQTT_PORT, user=cfg.MQTT_TOKEN,
                               password="", keepalive=cfg.MQTT_KEEPALIVE)
         c.set_callback(self._rpc)
@@ -358,20 +355,6 @@ def _attributes(ip):
 
 def _payload_max():
     return 32 + sum(len(s.jid) + streams.VALUE_MAX + 8 for s in streams.STREAMS)
-
-
-def _set_clock():
-    """Set the RTC from NTP (board only; the host's clock is already right): ThingsBoard's
-    timestamps of buffered readings come from it. Blocks for at most ntptime's 1 s timeout."""
-    try:
-        import ntptime
-
-        ntptime.host = cfg.NTP_HOST
-        ntptime.settime()
-        return True
-    except Exception as e:
-        print("mqtt: clock not set from NTP: %s" % _describe(e))
-        return False
 
 
 def _switch_stream():
