@@ -46,7 +46,7 @@ class Wifi:
 
     def _fail(self, now, why):
         if why != self.why:
-            print("wifi: %s; retrying every %d s at most" % (why, cfg.WIFI_BACKOFF_MAX_MS // 1000))
+            print("wifi: %s; retrying, backing off up to %d s" % (why, cfg.WIFI_BACKOFF_MAX_MS // 1000))
             self.why = why
         self.wlan.disconnect()
         self.state = _BACKOFF
