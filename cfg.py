@@ -12,8 +12,9 @@ WIFI_TIMEOUT_MS = 15000  # give up one connect attempt after this long
 WIFI_BACKOFF_MAX_MS = 60000  # retries wait 1 s, 2 s, 4 s ... up to this
 
 # Reliability (ESP32): the watchdog resets a board whose loop stops turning; after
-# SAFE_MODE_BOOTS quick boots in a row (each shorter than SAFE_MODE_CLEAN_S) the device starts in
-# safe mode: REPL and health only, no MQTT, no actuators driven, until a run lasts that long.
+# SAFE_MODE_BOOTS quick boots in a row (each shorter than SAFE_MODE_CLEAN_S: crashes, watchdog
+# resets, or a person pressing reset; on the host only crashes count) the device starts in safe
+# mode: REPL and health only, no MQTT, no actuators driven, until a run lasts that long.
 WDT_TIMEOUT_MS = 8000  # 0 turns the watchdog off
 SAFE_MODE_BOOTS = 3
 SAFE_MODE_CLEAN_S = 60

@@ -35,6 +35,8 @@ def _problem(spec, ids, pins):
             return "pin must be a GPIO number"
         if pin in pins:
             return "pin %d is already used by '%s'" % (pin, pins[pin])
+    if spec.get("restore", "off") not in ("off", "on", "last"):
+        return "unknown restore %r (off|on|last)" % (spec["restore"],)
     if kind == "custom" and ":" not in str(spec.get("read")):
         return 'custom needs read="module:function"'
     return None

@@ -30,6 +30,12 @@ class Wifi:
             import network
 
             self.net = network
+            if cfg.NTP_HOST:
+                import ntptime  # now: at boot the heap has room; later it may be fragmented
+
+                ntptime.host = cfg.NTP_HOST
+                ntptime.timeout = 1
+                self.ntp = ntptime
             self.wlan = network.WLAN(network.STA_IF)
             self.wlan.active(True)
             print("wifi: connecting to %s" % cfg.WIFI_SSID)
@@ -95,14 +101,10 @@ class Wifi:
         self.synced = now
         if not cfg.NTP_HOST:
             return
-        import ntptime
-
-        ntptime.host = cfg.NTP_HOST
-        ntptime.timeout = 1
         try:
-            ntptime.settime()
+            self.ntp.settime()
             print("wifi: clock set from %s" % cfg.NTP_HOST)
-        except (OSError, OverflowError) as e:
+        except (OSError, OverflowError, MemoryError) as e:
             print("wifi: clock sync failed: %r" % e)
             self.synced = time.ticks_add(now, 60000 - _NTP_EVERY_MS)  # try again in a minute
 

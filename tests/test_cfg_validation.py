@@ -29,6 +29,8 @@ BAD = [
      "cfg: STREAMS[10] 'x10': hw custom failed:"),
     ({"id": "x11", "format": "string", "type": "sensor", "hw": "custom", "read": "read"},
      "cfg: STREAMS[11] 'x11': custom needs read=\"module:function\"; left out"),
+    ({"id": "x12", "format": "boolean", "type": "actuator", "hw": "pin", "pin": 12, "restore": "of"},
+     "cfg: STREAMS[12] 'x12': unknown restore 'of' (off|on|last); left out"),
     ({"id": "temp", "format": "float", "type": "sensor", "hw": "mcu_temp"}, None),  # fine: kept
 ]
 
