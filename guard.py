@@ -67,6 +67,17 @@ def feed(now):
         _store(0)
 
 
+def park():
+    """A person or a tool (ampy, mpremote) took the REPL with Ctrl-C. The loop no longer feeds the
+    watchdog, and an armed one cannot be stopped: stretch it to an hour (creating it again sets
+    the new timeout on the ESP32), or an upload would be cut short by a reset."""
+    if _wdt is not None:
+        from machine import WDT
+
+        WDT(timeout=3600000)
+        print("guard: watchdog stretched to 1 h while the REPL is in use")
+
+
 def reboot(e):
     """The end of a run that failed: log why, then reset the board (the host process exits)."""
     sys.print_exception(e)

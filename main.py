@@ -72,5 +72,8 @@ def run():
 
 try:
     run()
+except KeyboardInterrupt:  # Ctrl-C: the REPL is wanted (a person, ampy, mpremote)
+    guard.park()
+    raise
 except Exception as e:  # e.g. the port is taken: reset, and let the boot counter see it
     guard.reboot(e)

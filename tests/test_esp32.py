@@ -6,6 +6,7 @@ import os
 import re
 import socket
 import subprocess
+import signal
 import time
 
 import pytest
@@ -184,6 +185,16 @@ def test_watchdog_is_fed_by_the_loop_and_resets_a_stalled_one(make_firmware):
         pass  # the board resets while it answers
     assert fw.proc.wait(10) == 3  # the double's WDT reset
     assert "double: wdt starved for" in fw.log()
+
+
+def test_ctrl_c_stretches_the_watchdog_so_an_upload_is_not_cut_short(make_firmware):
+    fw = make_firmware(esp32=True, WDT_TIMEOUT_MS=2000)
+    wait_log(fw, "double: wdt fed")
+    fw.proc.send_signal(signal.SIGINT)  # what ampy's Ctrl-C is on the unix port
+    fw.proc.wait(10)
+    log = fw.log()
+    assert "double: wdt started, timeout 3600000 ms" in log and "KeyboardInterrupt" in log
+    assert "wdt starved" not in log
 
 
 def test_host_build_logs_a_stalled_loop_instead_of_resetting(make_firmware):
