@@ -23,6 +23,7 @@ SAFE_MODE_CLEAN_S = 60
 HTTP_BIND = "0.0.0.0"
 HTTP_PORT = 8003
 HTTP_SLOTS = 4  # simultaneous connections; lwIP has ~10 sockets, MQTT needs one
+HTTP_QUEUE = 3  # connections that wait for a slot (a burst); more get 503 at once
 HTTP_BUF = 1024  # per-slot buffer: request line + headers in, response out
 HTTP_TIMEOUT_MS = 3000  # a client must send its request (and take the answer) within this
 API_TOKEN = ""  # non-empty: SetDatastream needs "Authorization: Bearer <token>" or &token=

@@ -315,10 +315,12 @@ class Conn(Writer):
 class Server:
     """The listening socket and its connection slots, driven by the caller's poll loop."""
 
-    def __init__(self, handler, host, port, slots, size, timeout_ms):
+    def __init__(self, handler, host, port, slots, size, timeout_ms, queue=0):
         self.handler = handler
         self.timeout_ms = timeout_ms
         self.conns = [Conn(size) for _ in range(slots)]
+        self.queue = queue
+        self.waiting = []  # accepted connections waiting for a slot, oldest first (at most `queue`)
         self.busy = 0
         self.served = 0
         s = socket.socket()
@@ -335,7 +337,8 @@ class Server:
 
     def service(self, now):
         """Close connections past their deadline; return ms until the next deadline (or -1)."""
-        wait = -1
+        self._admit()
+        wait = _EVICT_AFTER_MS // 4 if self.waiting else -1  # soon a slow slot may be taken
         for c in self.conns:
             if c.state == _FREE:
                 continue
@@ -363,23 +366,34 @@ class Server:
                         self._close(c)
                     else:
                         self._write(c)
+                self._admit()
                 return True
         return False
 
     def _accept(self):
         # Empty the (small) listen backlog each round: a full backlog drops new connections
         # silently, and their clients wait a second or more before trying again.
-        for _ in range(len(self.conns) + 2):
+        for _ in range(len(self.conns) + self.queue + 1):
             try:
                 sock, _ = self.lsock.accept()
             except OSError:
                 return  # EAGAIN: the backlog is empty (or the peer left it already)
             sock.setblocking(False)
-            c = self._slot()
-            if c is None:
-                _reject(sock)
-            else:
+            c = None if self.waiting else self._slot()  # those waiting already go first
+            if c is not None:
                 self._open(c, sock)
+            elif len(self.waiting) < self.queue:
+                self.waiting.append(sock)  # a burst of clients waits a few ms instead of a 503
+            else:
+                _reject(sock)
+
+    def _admit(self):
+        """Give waiting connections the slots that are free (or taken from slow clients)."""
+        while self.waiting:
+            c = self._free_or_slowest()
+            if c is None:
+                return
+            self._open(c, self.waiting.pop(0))
 
     def _open(self, c, sock):
         c.sock = sock
@@ -391,10 +405,11 @@ class Server:
 
     def _slot(self):
         """A free slot; else the slot of the client that has been sending its request for longest,
-        if for more than _EVICT_AFTER_MS (it is told 408); else None (the newcomer gets 503).
+        if for more than _EVICT_AFTER_MS (it is told 408); else None (the newcomer waits in the
+        bounded queue, or gets 503 when that is full too).
         Why: a client that sends its request at once is served within a poll round, so an old
         unfinished request is a slow one (a Slowloris trickler) and a newcomer is worth more;
-        nothing waits in a queue, and the lwIP socket budget is never exceeded for long."""
+        the queue stays short, and the lwIP socket budget is never exceeded for long."""
         c = self._free_or_slowest()
         if c is None:
             # Before turning the newcomer away, read what the others sent: a peer that reset, or

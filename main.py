@@ -45,7 +45,8 @@ def run():
     router.setup(telemetry)
     streams.restore()
     size = max(cfg.HTTP_BUF, http.HEAD_ROOM + streams.body_max())
-    server = http.Server(router.handle, cfg.HTTP_BIND, cfg.HTTP_PORT, cfg.HTTP_SLOTS, size, cfg.HTTP_TIMEOUT_MS)
+    server = http.Server(router.handle, cfg.HTTP_BIND, cfg.HTTP_PORT, cfg.HTTP_SLOTS, size, cfg.HTTP_TIMEOUT_MS,
+                         getattr(cfg, "HTTP_QUEUE", 3))  # a board's cfg.py older than this key works
     poller = select.poll()
     server.attach(poller)
     telemetry.attach(poller)

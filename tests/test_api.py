@@ -212,12 +212,13 @@ def test_concurrent_clients_all_answered(device):
         r = device.get(data(stream))
         results.append((r.status, r.json()["datastream_id"] == stream))
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(24)]
+    # As many at once as the default cfg takes: 4 slots and 3 waiting (more would get 503).
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(7)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(20)
-    assert len(results) == 24 and all(ok == (200, True) for ok in results)
+    assert len(results) == 7 and all(ok == (200, True) for ok in results)
 
 
 def test_slow_client_does_not_block_others(device):

@@ -80,8 +80,8 @@ def answer(c):
     c.finish(200)
 
 
-def server(slots=2, timeout=3000):
-    s = http.Server(answer, "127.0.0.1", 0, slots, 1024, timeout)
+def server(slots=2, timeout=3000, queue=0):
+    s = http.Server(answer, "127.0.0.1", 0, slots, 1024, timeout, queue)
     s.lsock.close()
     s.lsock = Listener()
     s.attach(Poller())
@@ -155,6 +155,35 @@ def test_full_newcomer_takes_a_slow_clients_slot_or_gets_503():
     c = arrive(s, Sock())
     late = arrive(s, Sock())
     assert late.closed and late.sent.startswith(b"HTTP/1.0 503 ") and not b.closed and not c.closed
+
+
+def test_a_burst_waits_in_the_bounded_queue_then_503():
+    s = server(slots=1, queue=2)
+    a = arrive(s, Sock(reads=[None, REQ]))  # its request is not there yet when w1 comes
+    w1 = arrive(s, Sock(reads=[REQ]))
+    w2 = arrive(s, Sock(reads=[REQ]))
+    late = arrive(s, Sock())
+    assert late.closed and late.sent.startswith(b"HTTP/1.0 503 ")
+    assert s.busy == 1 and s.waiting == [w1, w2] and not w1.closed and not w2.closed
+    s.handle(a, http._IN)  # a is answered; its slot goes to the oldest waiting, w1
+    assert a.closed and a.sent.startswith(b"HTTP/1.0 200 ") and s.waiting == [w2]
+    s.handle(w1, http._IN)
+    s.handle(w2, http._IN)
+    assert w1.sent.startswith(b"HTTP/1.0 200 ") and w2.sent.startswith(b"HTTP/1.0 200 ")
+    assert s.busy == 0 and not s.waiting
+
+
+def test_a_waiting_client_takes_a_trickler_slot_in_time():
+    s = server(slots=1, queue=1)
+    slow = arrive(s, Sock(reads=[REQ[:3]]))
+    s.handle(slow, http._IN)
+    w = arrive(s, Sock(reads=[REQ]))
+    assert s.waiting == [w] and 0 < s.service(time.ticks_ms()) <= 250
+    s.conns[0].deadline = time.ticks_add(time.ticks_ms(), 3000 - 300)  # slow has sent for 300 ms
+    s.service(time.ticks_ms())
+    assert slow.closed and slow.sent.startswith(b"HTTP/1.0 408 ") and not s.waiting
+    s.handle(w, http._IN)
+    assert w.sent.startswith(b"HTTP/1.0 200 ")
 
 
 def test_deadline_frees_silent_and_slow_slots():
