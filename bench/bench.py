@@ -42,7 +42,7 @@ class Bench:
         return {"MQTT_HOST": "127.0.0.1", "MQTT_PORT": self.broker.port, "MQTT_TOKEN": "bench",
                 "TELEMETRY_INTERVAL": 1}
 
-    def server(self, kind, mpy=False, heap="128K", env=None):
+    def server(self, kind, mpy=False, heap=servers.HEAP, env=None):
         return Server(kind, self.work, mpy=mpy, heap=heap, env=env, **self.overrides())
 
     # 1. heap allocated per request ---------------------------------------------------------------
@@ -124,7 +124,7 @@ class Bench:
 
     # 6. import cost of each module ----------------------------------------------------------------
     def import_costs(self):
-        mods = ["cfg", "hw", "http", "streams", "router", "mqtt", "umqtt.simple", "asyncio", "microdot"]
+        mods = ["cfg", "hw", "http", "streams", "router", "umqtt.simple", "mqtt", "asyncio", "microdot"]
         for mpy in (False, True):
             s = self.server("firmware", mpy=mpy)
             argv, env = servers.flash.command(s.flash, "4M")

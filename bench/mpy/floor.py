@@ -11,6 +11,7 @@ import time
 import cfg
 import hw
 import meter
+import tb
 
 _OK = b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\nConnection: close\r\n\r\n"
 _CORS = b"Access-Control-Allow-Origin: *\r\n"
@@ -45,6 +46,10 @@ class Stream:
         if f == "integer":
             return b"%d" % v
         return str(v).encode()
+
+    def json(self):
+        t = self.text()
+        return t if self.format in ("boolean", "integer", "float") else b'"%s"' % t
 
 
 STREAMS = [Stream(s) for s in cfg.STREAMS]
@@ -113,6 +118,17 @@ def set_datastream(end):
         b'{"datastream_id":"%s","comando":"%s","applied":true,"value":%s}}' % (s.id, cmd, s.id, cmd, s.text()))
 
 
+def telemetry():
+    put(b"{")
+    for s in STREAMS:
+        put(b'"%s":%s,' % (s.id, s.json()))
+    put(b'"_mem_free":%d}' % gc.mem_free())
+    _pub.publish(memoryview(_body)[:_pos])
+
+
+_pub = tb.Publisher()
+
+
 def serve():
     global _pos
     ls = socket.socket()
@@ -120,8 +136,21 @@ def serve():
     ls.bind(socket.getaddrinfo(cfg.HTTP_BIND, cfg.HTTP_PORT)[0][-1])
     ls.listen(8)
     poller = select.poll()
+    listener = select.poll()
+    listener.register(ls, select.POLLIN)
     meter.ready()
     while True:
+        if _pub.enabled:  # wait for a client only until the next publish is due
+            now = time.ticks_ms()
+            if _pub.due(now):
+                _pos = 0
+                telemetry()
+                continue
+            waiting = True
+            for _ in listener.ipoll(_pub.wait(now)):
+                waiting = False
+            if waiting:
+                continue
         cl, _ = ls.accept()
         # A blocking readinto waits for a full buffer: wait for the request, take what came.
         cl.setblocking(False)

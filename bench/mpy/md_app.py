@@ -9,6 +9,7 @@ import time
 import cfg
 import hw
 import meter
+import tb
 from microdot import Microdot, Response
 
 app = Microdot()
@@ -107,8 +108,21 @@ async def set_datastream(request):
                  headers=CORS)
 
 
+async def telemetry():
+    pub = tb.Publisher()
+    while pub.enabled:
+        await asyncio.sleep_ms(pub.wait(time.ticks_ms()))
+        if pub.due(time.ticks_ms()):
+            values = {}
+            for spec, dev in STREAMS:
+                values[spec["id"]] = dev.read()
+            values["_mem_free"] = gc.mem_free()
+            pub.publish(json.dumps(values, separators=(",", ":")))
+
+
 async def main():
     server = asyncio.create_task(app.start_server(host=cfg.HTTP_BIND, port=cfg.HTTP_PORT))
+    asyncio.create_task(telemetry())
     await asyncio.sleep_ms(100)  # the listening socket is up
     meter.ready()
     await server

@@ -1,0 +1,119 @@
+"""The figures as a Markdown table (with the ratios firmware/microdot and firmware/floor and the
+firmware's targets), the import costs, and the plot of free heap under load."""
+from servers import HEAP, NAMES
+
+import load
+
+
+def _kb(v):
+    return "%.1f KB" % (v / 1024)
+
+
+def _b(v):
+    return "%d B" % round(v)
+
+
+def _us(v):
+    return "%.0f µs" % v
+
+
+def _ms(v):
+    return "%.1f ms" % v
+
+
+def _rps(v):
+    return "%.0f/s" % v
+
+
+def _target(value, limit, fmt):
+    if value is None:
+        return "target %s: not measured" % fmt(limit)
+    if value <= limit:
+        return "meets ≤ %s" % fmt(limit)
+    return "**misses ≤ %s by %s (%.1f×)**" % (fmt(limit), fmt(value - limit), value / limit)
+
+
+def rows(b, targets):
+    """(label, key, formatter, target text for the firmware or '')."""
+    fw = b.fig["firmware"]
+    out = []
+    for name in load.REQUESTS:
+        k = "alloc_" + name
+        out.append(("heap allocated per request: %s" % name, k, _b, _target(fw.get(k), targets["alloc"], _b)))
+    for name in load.REQUESTS:
+        out.append(("  gross (micropython.mem_total): %s" % name, "gross_" + name, _b, ""))
+    out += [
+        ("heap in use after start, .py", "ready_py", _kb, ""),
+        ("heap in use after start, .mpy", "ready_mpy", _kb, _target(fw.get("ready_mpy"), targets["ready_mpy"], _kb)),
+        ("smallest heap surviving the standard load, .py", "min_heap_py", _kb, ""),
+        ("smallest heap surviving the standard load, .mpy", "min_heap_mpy", _kb,
+         _target(fw.get("min_heap_mpy"), targets["min_heap_mpy"], _kb)),
+    ]
+    for c in (1, 4):
+        t = ""
+        if fw.get("cpu_c%d" % c) and b.fig["floor"].get("cpu_c%d" % c):
+            ratio = fw["cpu_c%d" % c] / b.fig["floor"]["cpu_c%d" % c]
+            t = ("meets" if ratio <= targets["cpu"] else "**misses**") + " ≤ %.1f× floor (%.2f×)" % (targets["cpu"], ratio)
+        out.append(("server CPU per request, concurrency %d" % c, "cpu_c%d" % c, _us, t))
+    for c in (1, 4):
+        out.append(("requests/s, concurrency %d" % c, "rps_c%d" % c, _rps, ""))
+    for c in (1, 4):
+        out.append(("  load generator CPU / server CPU busy, concurrency %d" % c, "busy_c%d" % c, str, ""))
+    out += [
+        ("telemetry period jitter p50 (1 s period, under load)", "jit_p50", _ms, ""),
+        ("telemetry period jitter p99", "jit_p99", _ms, ""),
+        ("telemetry period jitter max", "jit_max", _ms, ""),
+        ("longest HTTP stall, broker killed (refused)", "stall_killed", _ms, ""),
+        ("longest HTTP stall, broker frozen (SIGSTOP)", "stall_frozen", _ms, ""),
+    ]
+    return out
+
+
+def table(b, targets):
+    for f in b.fig.values():
+        for c in (1, 4):
+            if "client_c%d" % c in f:
+                f["busy_c%d" % c] = "%.0f%% / %.0f%%" % (100 * f["client_c%d" % c], 100 * f["server_c%d" % c])
+    lines = ["| figure | firmware | microdot | floor | firmware/microdot | firmware/floor | firmware target |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for label, key, fmt, target in rows(b, targets):
+        vals = [b.fig[k].get(key) for k in NAMES]
+        cells = ["—" if v is None else fmt(v) for v in vals]
+        ratios = []
+        for other in vals[1:]:
+            ok = isinstance(vals[0], (int, float)) and isinstance(other, (int, float)) and other
+            ratios.append("%.2f" % (vals[0] / other) if ok else "")
+        lines.append("| %s | %s | %s | %s | %s |" % (label, " | ".join(cells), ratios[0], ratios[1], target))
+    lines += ["", "Import cost per module (in the order main.py imports them; heap kept after a collection, "
+              "heap allocated during the import with the collector off):", "",
+              "| module | kept, .py | during import, .py | kept, .mpy | during import, .mpy |",
+              "|---|---:|---:|---:|---:|"]
+    for name, v in b.imports.items():
+        py, mpy = v.get("py", (None, None)), v.get("mpy", (None, None))
+        lines.append("| %s | %s |" % (name, " | ".join("—" if x is None else _b(x) for x in py + mpy)))
+    if b.notes:
+        lines += [""] + ["- note: " + n for n in b.notes]
+    return lines
+
+
+def plot(samples, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for kind in NAMES:
+        pts = samples.get(kind)
+        if not pts:
+            continue
+        t0 = pts[0][0]
+        ax.plot([(t - t0) / 1000 for t, _ in pts], [free / 1024 for _, free in pts], label=kind)
+    ax.set_xlabel("time under load (s), concurrency 4, mixed requests")
+    ax.set_ylabel("free heap (KB) of -X heapsize=%s" % HEAP)
+    ax.set_title("Free heap during the load")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
