@@ -16,6 +16,8 @@ import servers
 import telemetry
 from servers import NAMES, Server
 
+TESTS_MPY = os.path.join(os.path.dirname(servers.HERE), "tests", "mpy")  # reqs.py: a parsed Conn
+
 TARGETS = {  # 64-bit unix port figures; an ESP32's 32-bit heap needs roughly half
     "alloc": 256,  # bytes allocated per request
     "ready_mpy": 20 * 1024,  # heap in use after start, all features, from .mpy
@@ -31,6 +33,7 @@ class Bench:
         self.fig = {k: {} for k in NAMES}
         self.samples = {}
         self.imports = {}
+        self.breakdown = []
         self.notes = []
         self.broker = None
         self.tele_ok = False  # the firmware publishes telemetry (mqtt.py is real)
@@ -73,7 +76,7 @@ class Bench:
 
     # 4. CPU per request and requests/s; the free-heap samples for the plot -------------------------
     def speed(self):
-        count = 300 if self.quick else 3000
+        seconds = 1.5 if self.quick else 8
         for kind in NAMES:
             for conc in (1, 4):
                 with self.server(kind) as s:
@@ -81,7 +84,7 @@ class Bench:
                         continue
                     load.run(s.port, load.mixed(20), conc)  # warm up
                     c0 = s.cpu_ns()
-                    r = load.run(s.port, load.mixed(count), conc)
+                    r = load.timed(s.port, seconds, load.MIX, conc)
                     cpu = s.cpu_ns() - c0
                     f = self.fig[kind]
                     f["cpu_c%d" % conc] = cpu / 1e3 / max(r.ok, 1)
@@ -90,7 +93,7 @@ class Bench:
                     f["server_c%d" % conc] = cpu / 1e9 / r.wall
                     if r.failed:
                         self.notes.append("%s at concurrency %d: %d of %d failed (%s)" % (
-                            kind, conc, r.failed, count, r.errors[0]))
+                            kind, conc, r.failed, r.ok + r.failed, r.errors[0]))
                     if conc == 4:
                         time.sleep(0.1)
                         self.samples[kind] = [(int(t), int(free)) for t, free in s.records("mem")]
@@ -122,26 +125,40 @@ class Bench:
                             lo = mid
                     self.fig[kind]["min_heap_mpy" if mpy else "min_heap_py"] = hi * 1024
 
-    # 6. import cost of each module ----------------------------------------------------------------
-    def import_costs(self):
+    # 6. import cost of each module, and where the firmware's per-request allocation goes ---------
+    def script(self, mpy, name, args):
+        """Run bench/mpy/<name> under micropython against a firmware flash folder; its @bench lines."""
+        s = self.server("firmware", mpy=mpy)
+        argv, env = servers.flash.command(s.flash, servers.HEAP)  # gc.mem_free() takes longer in a bigger heap
+        env["MICROPYPATH"] = ":".join((s.extras, TESTS_MPY, env["MICROPYPATH"]))
+        argv = argv[:-2] + [os.path.join(s.extras, name)] + args
+        p = subprocess.run(argv, cwd=s.flash, env=env, capture_output=True, text=True, timeout=60)
+        if p.returncode:
+            self.notes.append("%s failed: %s" % (name, (p.stdout + p.stderr).strip().splitlines()[-1:]))
+        return [x.split()[1:] for x in p.stdout.splitlines() if x.startswith("@bench ")], s
+
+    def internals(self):
         mods = ["cfg", "hw", "http", "streams", "router", "umqtt.simple", "mqtt", "asyncio", "microdot"]
         for mpy in (False, True):
-            s = self.server("firmware", mpy=mpy)
-            argv, env = servers.flash.command(s.flash, "4M")
-            env["MICROPYPATH"] = s.extras + ":" + env["MICROPYPATH"]
-            argv[-2:] = [os.path.join(s.extras, "imports.py")] + mods
-            argv = [a for a in argv if a != "-c"]
-            out = subprocess.run(argv, cwd=s.flash, env=env, capture_output=True, text=True, timeout=60).stdout
-            for line in out.splitlines():
-                if line.startswith("@bench import "):
-                    name, kept, peak = line.split()[2:5]
-                    self.imports.setdefault(name, {})["mpy" if mpy else "py"] = (int(kept), int(peak))
+            got, s = self.script(mpy, "imports.py", mods)
+            for _, name, kept, peak in got:
+                self.imports.setdefault(name, {})["mpy" if mpy else "py"] = (int(kept), int(peak))
+            if mpy:  # bytecode is most of what a module keeps: the size of its .mpy shows it
+                for name in mods:
+                    path = os.path.join(s.flash, name + ".mpy")
+                    if os.path.exists(path):
+                        self.imports[name]["size"] = os.path.getsize(path)
+        args = []
+        for name, (method, target, _) in load.REQUESTS.items():
+            args += [name, method.decode(), target]
+        got, _ = self.script(False, "breakdown.py", args)
+        self.breakdown = [(kind, name, float(v)) for kind, name, v in got]
 
     def run(self):
         for mpy in (False, True):
             servers.build_extras(os.path.join(self.work, "extras-mpy" if mpy else "extras-py"), mpy)
         steps = [("allocation per request", self.alloc), ("heap after start", self.ready),
-                 ("import costs", self.import_costs)]
+                 ("import costs and allocation breakdown", self.internals)]
         self.broker = telemetry.start_broker(self.work)
         steps += [("speed", self.speed), ("smallest heap", self.min_heap),
                   ("telemetry", lambda: telemetry.measure(self))]

@@ -2,6 +2,7 @@
 requests in flight, each on its own connection (the API closes after each answer). Every answer is
 checked (status 200, JSON with the expected field); the generator's own CPU time is measured so
 the table can say when the client, not the server, was the limit."""
+import itertools
 import json
 import selectors
 import socket
@@ -40,7 +41,7 @@ class Result:
         self.failed = 0
         self.errors = []  # the first few, to show
         self.latencies = []  # seconds, per answered request
-        self.stamps = []  # (start, latency) per request, monotonic
+        self.stamps = []  # (start, seconds until answered or failed) per request, monotonic
         self.wall = 0.0
         self.client_cpu = 0.0
 
@@ -80,12 +81,12 @@ def run(port, names, concurrency=1, timeout=5.0, stop_on_failure=False, until=No
         data = b"".join(st[2])
         if why is None and not check(st[0], data):
             why = "%s: %r" % (st[0], data[:120])
+        res.stamps.append((st[3], now - st[3]))
         if why:
             res.fail(why)
         else:
             res.ok += 1
             res.latencies.append(now - st[3])
-            res.stamps.append((st[3], now - st[3]))
         if not (why and stop_on_failure):
             launch()
 
@@ -114,6 +115,12 @@ def run(port, names, concurrency=1, timeout=5.0, stop_on_failure=False, until=No
     res.wall = time.monotonic() - t0
     res.client_cpu = time.process_time() - c0
     return res
+
+
+def timed(port, seconds, names, concurrency):
+    """Requests `names`, cycled, `concurrency` at a time, for `seconds`."""
+    end = time.monotonic() + seconds
+    return run(port, itertools.cycle(names), concurrency, until=lambda: time.monotonic() < end)
 
 
 def mixed(count):

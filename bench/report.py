@@ -14,7 +14,7 @@ def _b(v):
 
 
 def _us(v):
-    return "%.0f µs" % v
+    return "%.0f µs" % v if v >= 10 else "%.1f µs" % v
 
 
 def _ms(v):
@@ -85,12 +85,34 @@ def table(b, targets):
             ratios.append("%.2f" % (vals[0] / other) if ok else "")
         lines.append("| %s | %s | %s | %s | %s |" % (label, " | ".join(cells), ratios[0], ratios[1], target))
     lines += ["", "Import cost per module (in the order main.py imports them; heap kept after a collection, "
-              "heap allocated during the import with the collector off):", "",
-              "| module | kept, .py | during import, .py | kept, .mpy | during import, .mpy |",
-              "|---|---:|---:|---:|---:|"]
+              "heap allocated during the import with the collector off; the .mpy file is mostly bytecode, "
+              "which a frozen module would keep in flash instead):", "",
+              "| module | kept, .py | during import, .py | kept, .mpy | during import, .mpy | .mpy file |",
+              "|---|---:|---:|---:|---:|---:|"]
     for name, v in b.imports.items():
-        py, mpy = v.get("py", (None, None)), v.get("mpy", (None, None))
-        lines.append("| %s | %s |" % (name, " | ".join("—" if x is None else _b(x) for x in py + mpy)))
+        cells = v.get("py", (None, None)) + v.get("mpy", (None, None)) + (v.get("size"),)
+        lines.append("| %s | %s |" % (name, " | ".join("—" if x is None else _b(x) for x in cells)))
+    if b.breakdown:
+        fw = b.fig["firmware"]
+        part = {(kind, name): v for kind, name, v in b.breakdown}
+        lines += ["", "Where the firmware's allocation and CPU per request go, measured on a parsed connection "
+                  "without a socket (the rest of each total is the socket work: accept, poll, read, write, "
+                  "close; for SetDatastream also the change published over MQTT at once):", "",
+                  "| request | router + handler + response: allocated | the rest | parse request line: CPU "
+                  "| router + handler + response: CPU |",
+                  "|---|---:|---:|---:|---:|"]
+        for name in load.REQUESTS:
+            a, t = part.get(("handler", name)), fw.get("alloc_" + name)
+            p, h = part.get(("parse_us", name)), part.get(("handler_us", name))
+            lines.append("| %s | %s | %s | %s | %s |" % (name, _b(a), "—" if t is None else _b(t - a), _us(p), _us(h)))
+        cpu = fw.get("cpu_c1")
+        if cpu is not None:
+            mean = sum(part[("parse_us", n)] + part[("handler_us", n)] for n in load.MIX) / len(load.MIX)
+            lines += ["", "Of the %s of CPU per request of the standard mix at concurrency 1, parsing, routing, "
+                      "handlers and responses take %s; the rest, %s, is the loop and the socket calls." % (
+                          _us(cpu), _us(mean), _us(cpu - mean))]
+        values = ["%s %s" % (name, _b(v)) for kind, name, v in b.breakdown if kind == "value"]
+        lines += ["", "Reading each stream's value allocates: " + ", ".join(values) + "."]
     if b.notes:
         lines += [""] + ["- note: " + n for n in b.notes]
     return lines

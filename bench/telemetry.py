@@ -1,7 +1,6 @@
 """Telemetry figures: the period's jitter seen by a paho-mqtt subscriber while HTTP load runs, and
-the longest HTTP stall while the broker is away (killed: connections refused; frozen with SIGSTOP:
-connections accepted and never answered)."""
-import itertools
+the longest HTTP stall while the broker is away: killed (connections refused), or killed and
+restarted frozen with SIGSTOP (the kernel accepts the reconnection, CONNACK never comes)."""
 import json
 import os
 import shutil
@@ -54,11 +53,6 @@ def percentile(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))] if xs else None
 
 
-def timed_load(port, seconds, names, conc):
-    end = time.monotonic() + seconds
-    return load.run(port, itertools.cycle(names), conc, until=lambda: time.monotonic() < end)
-
-
 def jitter(bench, kind, seconds):
     sub = Subscriber(bench.broker.port)
     try:
@@ -67,7 +61,7 @@ def jitter(bench, kind, seconds):
                 return
             time.sleep(1.5)  # connected, first period over
             sub.arrivals.clear()
-            r = timed_load(s.port, seconds, load.MIX, 4)
+            r = load.timed(s.port, seconds, load.MIX, 4)
             gaps = [abs((b - a) * 1000 - 1000) for a, b in zip(sub.arrivals, sub.arrivals[1:])]
             f = bench.fig[kind]
             f["tele_n"] = len(sub.arrivals)
@@ -91,19 +85,20 @@ def stall(bench, kind, seconds, how):
         def outage():
             time.sleep(seconds / 3)
             t_down.append(time.monotonic())
+            b.stop()
             if how == "frozen":
+                b.start()
                 b.proc.send_signal(signal.SIGSTOP)
-            else:
-                b.stop()
 
         t = threading.Thread(target=outage)
         t.start()
-        r = timed_load(s.port, seconds, ["health"], 1)
+        r = load.timed(s.port, seconds, ["health"], 1)
         t.join()
         if how == "frozen":
             b.proc.send_signal(signal.SIGCONT)
         else:
             b.start()
+        # Failed requests count with the time they waited (the load generator's timeout).
         during = [lat for start, lat in r.stamps if t_down and start + lat >= t_down[0]]
         bench.fig[kind]["stall_" + how] = max(during) * 1000 if during else None
         if r.failed:

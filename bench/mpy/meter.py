@@ -2,7 +2,7 @@
 # and ready() once when it serves; BENCH_MODE picks what is measured:
 #   alloc: for each phase, BENCH_WARM requests to warm up, then BENCH_N requests with the collector
 #          off, so the gc.mem_alloc() delta is every byte the server allocated for them;
-#   load:  free heap sampled every 50 ms while requests come, for the plot.
+#   load:  free heap sampled every 20 ms while requests come, for the plot.
 # Everything on the request path allocates nothing itself (small ints, module globals only).
 import gc
 import os
@@ -53,6 +53,6 @@ def tick():
             print("@bench alloc %s %d %d %d" % (_PHASES[k] if k < len(_PHASES) else "?", a1 - _a0, t1 - _t0, _N))
     else:
         now = time.ticks_ms()
-        if time.ticks_diff(now, _last) >= 50:
+        if time.ticks_diff(now, _last) >= 20:
             _last = now
             print("@bench mem %d %d" % (now, gc.mem_free()))
