@@ -94,9 +94,15 @@ class Bench:
                     if r.failed:
                         self.notes.append("%s at concurrency %d: %d of %d failed (%s)" % (
                             kind, conc, r.failed, r.ok + r.failed, r.errors[0]))
-                    if conc == 4:
-                        time.sleep(0.1)
-                        self.samples[kind] = [(int(t), int(free)) for t, free in s.records("mem")]
+
+    def heap_plot(self):
+        """Free heap under the load at concurrency 4, lowest and highest per 100 ms."""
+        for kind in NAMES:
+            with self.server(kind, env={"BENCH_MODE": "heap"}) as s:
+                if s.start():
+                    load.timed(s.port, 1.5 if self.quick else 5, load.MIX, 4)
+                    time.sleep(0.2)
+                    self.samples[kind] = [tuple(int(x) for x in rec) for rec in s.records("mem")]
 
     # 3. smallest heap that survives the standard load ----------------------------------------------
     def survives(self, kind, mpy, kb, count):
@@ -160,7 +166,7 @@ class Bench:
         steps = [("allocation per request", self.alloc), ("heap after start", self.ready),
                  ("import costs and allocation breakdown", self.internals)]
         self.broker = telemetry.start_broker(self.work)
-        steps += [("speed", self.speed), ("smallest heap", self.min_heap),
+        steps += [("speed", self.speed), ("free heap under load", self.heap_plot), ("smallest heap", self.min_heap),
                   ("telemetry", lambda: telemetry.measure(self))]
         for title, step in steps:
             t0 = time.monotonic()

@@ -79,6 +79,9 @@ def table(b, targets):
     for label, key, fmt, target in rows(b, targets):
         vals = [b.fig[k].get(key) for k in NAMES]
         cells = ["—" if v is None else fmt(v) for v in vals]
+        for i, k in enumerate(NAMES):  # requests that got no answer at all, e.g. during a stall
+            if b.fig[k].get(key + "_failed"):
+                cells[i] = "≥ %s (%d never answered)" % (cells[i], b.fig[k][key + "_failed"])
         ratios = []
         for other in vals[1:]:
             ok = isinstance(vals[0], (int, float)) and isinstance(other, (int, float)) and other
@@ -130,12 +133,16 @@ def plot(samples, path):
         if not pts:
             continue
         t0 = pts[0][0]
-        ax.plot([(t - t0) / 1000 for t, _ in pts], [free / 1024 for _, free in pts], label=kind)
-    ax.set_xlabel("time under load (s), concurrency 4, mixed requests")
+        ts = [(t - t0) / 1000 for t, _, _ in pts]
+        line, = ax.plot(ts, [lo / 1024 for _, lo, _ in pts], label="%s (lowest)" % kind)
+        ax.fill_between(ts, [lo / 1024 for _, lo, _ in pts], [hi / 1024 for _, _, hi in pts],
+                        color=line.get_color(), alpha=0.2, label="%s (range)" % kind)
+    ax.set_xlabel("time under load (s): concurrency 4, the standard mix, telemetry every second")
     ax.set_ylabel("free heap (KB) of -X heapsize=%s" % HEAP)
-    ax.set_title("Free heap during the load")
+    ax.set_ylim(bottom=0)
+    ax.set_title("Free heap after each request, lowest and highest per 100 ms")
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

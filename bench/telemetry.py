@@ -102,7 +102,7 @@ def stall(bench, kind, seconds, how):
         during = [lat for start, lat in r.stamps if t_down and start + lat >= t_down[0]]
         bench.fig[kind]["stall_" + how] = max(during) * 1000 if during else None
         if r.failed:
-            bench.fig[kind]["stall_fail_" + how] = r.failed
+            bench.fig[kind]["stall_%s_failed" % how] = r.failed
             bench.notes.append("%s, broker %s: %d health requests failed (%s)" % (kind, how, r.failed, r.errors[0]))
 
 

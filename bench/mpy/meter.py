@@ -2,7 +2,9 @@
 # and ready() once when it serves; BENCH_MODE picks what is measured:
 #   alloc: for each phase, BENCH_WARM requests to warm up, then BENCH_N requests with the collector
 #          off, so the gc.mem_alloc() delta is every byte the server allocated for them;
-#   load:  free heap sampled every 20 ms while requests come, for the plot.
+#   heap:  the lowest and highest free heap seen after each request, printed every 100 ms, for
+#          the plot (gc.mem_free() scans the heap: not for runs that measure time);
+#   load:  nothing beyond counting.
 # Everything on the request path allocates nothing itself (small ints, module globals only).
 import gc
 import os
@@ -22,6 +24,8 @@ _ready = False
 _a0 = 0
 _t0 = 0
 _last = 0
+_lo = 1 << 30
+_hi = 0
 
 
 def ready():
@@ -36,7 +40,7 @@ def ready():
 
 def tick():
     """One request served."""
-    global _count, _a0, _t0, _last
+    global _count, _a0, _t0, _last, _lo, _hi
     _count += 1
     if _MODE == "alloc":
         i = _count % _PER
@@ -51,8 +55,15 @@ def tick():
             gc.enable()
             k = _count // _PER - 1
             print("@bench alloc %s %d %d %d" % (_PHASES[k] if k < len(_PHASES) else "?", a1 - _a0, t1 - _t0, _N))
-    else:
+    elif _MODE == "heap":
+        free = gc.mem_free()
+        if free < _lo:
+            _lo = free
+        if free > _hi:
+            _hi = free
         now = time.ticks_ms()
-        if time.ticks_diff(now, _last) >= 20:
+        if time.ticks_diff(now, _last) >= 100:
+            print("@bench mem %d %d %d" % (now, _lo, _hi))
             _last = now
-            print("@bench mem %d %d" % (now, gc.mem_free()))
+            _lo = 1 << 30
+            _hi = 0
