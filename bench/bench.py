@@ -111,7 +111,7 @@ class Bench:
                 return False
             r = load.run(s.port, load.mixed(count), 4, stop_on_failure=True)
             time.sleep(0.1)
-            return r.failed == 0 and s.alive() and not s.broken()
+            return r.failed == 0 and s.running() and not s.broken()
 
     def min_heap(self):
         count, step = (300, 4) if self.quick else (5000, 1)

@@ -7,12 +7,11 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
-from conftest import Broker, flash, free_port  # noqa: E402,F401  (one harness for tests and bench)
+from conftest import Broker, Firmware, flash, free_port  # noqa: E402,F401  (one harness for tests and bench)
 
 MPY_DIR = os.path.join(HERE, "mpy")
 NAMES = ("firmware", "microdot", "floor")
@@ -63,53 +62,48 @@ def version(name):
     return v(name)
 
 
-class Server:
-    """One server process: `kind` in NAMES, booted from its own flash folder on a free port."""
+class Server(Firmware):
+    """One server process: `kind` in NAMES, booted from its own flash folder on a free port, its
+    console in a log file (as the tests' Firmware, whose stop() and log() it keeps)."""
 
     def __init__(self, kind, work, mpy=False, heap=HEAP, env=None, **overrides):
         self.kind = kind
-        self.port = free_port()
-        over = {"HTTP_BIND": "127.0.0.1", "HTTP_PORT": self.port, "STREAMS": STREAMS}
+        over = {"HTTP_PORT": free_port(), "STREAMS": STREAMS}
         over.update(overrides)
-        tag = "%s-%s-%d" % (kind, "mpy" if mpy else "py", self.port)
-        self.flash = flash.build(os.path.join(work, tag), over, mpy=mpy)
+        tag = "%s-%s-%d" % (kind, "mpy" if mpy else "py", over["HTTP_PORT"])
+        super().__init__(os.path.join(work, tag), over, heap=heap, mpy=mpy)
         self.extras = os.path.join(work, "extras-mpy" if mpy else "extras-py")
-        self.heap = heap
         self.env = env or {}
-        self.lines = []
         self.ready = None  # (heap in use, heap free) once serving
-        self.proc = None
 
     def start(self, timeout=15.0):
+        """Boot; True once the server reports it serves, False if it died or hung first."""
         argv, env = flash.command(self.flash, self.heap)
         env["MICROPYPATH"] = self.extras + ":" + env["MICROPYPATH"]
         env.update(self.env)
         argv[-1] = LAUNCH + ENTRY[self.kind]
-        self.proc = subprocess.Popen(argv, cwd=self.flash, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT)
-        self._got_ready = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-        if not self._got_ready.wait(timeout) or self.proc.poll() is not None:
-            self.stop()
-            return False
-        return True
+        self.log_fh = open(self.logfile, "ab")
+        self.proc = subprocess.Popen(argv, cwd=self.flash, env=env, stdout=self.log_fh, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while self.running() and time.monotonic() < deadline:
+            got = self.records("ready")
+            if got:
+                self.ready = (int(got[0][0]), int(got[0][1]))
+                return True
+            time.sleep(0.02)
+        self.stop()
+        return False
 
-    def _read(self):
-        for raw in self.proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            self.lines.append(line)
-            if line.startswith("@bench ready "):
-                used, free = line.split()[2:4]
-                self.ready = (int(used), int(free))
-                self._got_ready.set()
-        self._got_ready.set()
+    @property
+    def lines(self):
+        return self.log().splitlines()
 
     def cpu_ns(self):
         """CPU time the process has used so far (the kernel's own accounting)."""
         with open("/proc/%d/schedstat" % self.proc.pid) as f:
             return int(f.read().split()[0])
 
-    def alive(self):
+    def running(self):
         return self.proc.poll() is None
 
     def broken(self):
@@ -118,15 +112,6 @@ class Server:
 
     def records(self, kind):
         return [x.split()[2:] for x in self.lines if x.startswith("@bench %s " % kind)]
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
     def __enter__(self):
         return self
@@ -137,6 +122,6 @@ class Server:
 
 def wait_records(server, kind, count, timeout=30.0):
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and len(server.records(kind)) < count and server.alive():
+    while time.monotonic() < deadline and len(server.records(kind)) < count and server.running():
         time.sleep(0.02)
     return server.records(kind)
