@@ -130,6 +130,16 @@ class Bench:
                         else:
                             lo = mid
                     self.fig[kind]["min_heap_mpy" if mpy else "min_heap_py"] = hi * 1024
+                    if not self.quick:
+                        self.below(kind, mpy, hi, count)
+
+    def below(self, kind, mpy, hi, count):
+        """Survival is not monotonic near the edge (where the slot buffers land in a fragmented
+        heap decides): say which of the 8 KB below the bisection's answer survive too."""
+        ok = [kb for kb in range(hi - 8, hi) if self.survives(kind, mpy, kb, count)]
+        if ok:
+            self.notes.append("%s from %s: bisection found %d KB, yet %s KB survive as well" % (
+                kind, ".mpy" if mpy else ".py", hi, ", ".join(map(str, ok))))
 
     # 6. import cost of each module, and where the firmware's per-request allocation goes ---------
     def script(self, mpy, name, args):
