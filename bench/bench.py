@@ -155,7 +155,9 @@ class Bench:
         return [x.split()[1:] for x in p.stdout.splitlines() if x.startswith("@bench ")], s
 
     def internals(self):
-        mods = ["cfg", "hw", "http", "streams", "router", "umqtt.simple", "mqtt", "asyncio", "microdot"]
+        # main.py's imports, each after what it imports itself; then microdot's
+        mods = ["cfg", "hw", "guard", "http", "streams", "umqtt.simple", "mqtt", "router", "wifi", "asyncio",
+                "microdot"]
         for mpy in (False, True):
             got, s = self.script(mpy, "imports.py", mods)
             for _, name, kept, peak in got:
