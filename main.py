@@ -45,6 +45,7 @@ def run():
     router.setup(telemetry)
     streams.restore()
     size = max(cfg.HTTP_BUF, http.HEAD_ROOM + streams.body_max())
+    gc.collect()  # the imports' leftovers go first: the slot buffers need whole free blocks
     server = http.Server(router.handle, cfg.HTTP_BIND, cfg.HTTP_PORT, cfg.HTTP_SLOTS, size, cfg.HTTP_TIMEOUT_MS,
                          getattr(cfg, "HTTP_QUEUE", 3))  # a board's cfg.py older than this key works
     poller = select.poll()

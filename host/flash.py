@@ -62,7 +62,8 @@ if __name__ == "__main__":
     ap.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8003")))
     ap.add_argument("--mqtt", default=os.environ.get("MQTT", "127.0.0.1:1883"),
                     help="broker host:port for telemetry ('' turns it off)")
-    ap.add_argument("--mpy", action="store_true", help="run the modules precompiled to .mpy")
+    ap.add_argument("--source", action="store_true",
+                    help="run the modules from .py (by default they are precompiled to .mpy, as upload.sh does)")
     ap.add_argument("--esp32", action="store_true", help="the ESP32 code path, on the test doubles (board.json)")
     args = ap.parse_args()
     over = {"HTTP_BIND": "127.0.0.1", "HTTP_PORT": args.port}
@@ -70,7 +71,7 @@ if __name__ == "__main__":
         host, _, port = args.mqtt.partition(":")
         over.update(MQTT_HOST=host, MQTT_PORT=int(port or 1883), MQTT_TOKEN=os.environ.get("TB_TOKEN", "host-demo"))
     shutil.rmtree(args.flash, ignore_errors=True)
-    build(args.flash, over, mpy=args.mpy)
+    build(args.flash, over, mpy=not args.source)
     argv, env = command(args.flash, args.heap, args.esp32)
     print("flash folder %s, heap %s: firmware on http://127.0.0.1:%d/" % (args.flash, args.heap, args.port), flush=True)
     os.chdir(args.flash)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the firmware on this machine: simulated hardware, HTTP on 127.0.0.1:8003, telemetry to a
-# broker on 127.0.0.1:1883 if one is up. Options: --heap 128K --port 8003 --mqtt host:port --mpy
+# broker on 127.0.0.1:1883 if one is up. Options: --heap 128K --port 8003 --mqtt host:port --source
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=$("$root/host/setup.sh")

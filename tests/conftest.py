@@ -19,7 +19,8 @@ import flash  # noqa: E402
 collect_ignore = ["mpy"]  # those run inside MicroPython, through test_units_mpy.py
 
 HEAP = os.environ.get("TEST_HEAP", "128K")
-MPY = os.environ.get("TEST_MPY") == "1"  # the low-RAM profile runs the suite from .mpy
+# Modules run precompiled to .mpy, as upload.sh puts them on a board; TEST_MPY=0 runs the sources.
+MPY = os.environ.get("TEST_MPY", "1") == "1"
 
 
 def free_port():
