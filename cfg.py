@@ -34,7 +34,7 @@ MQTT_HOST = ""
 MQTT_PORT = 1883
 MQTT_TOKEN = ""  # the ThingsBoard device access token
 MQTT_KEEPALIVE = 60  # seconds; the device pings before the broker's 1.5x runs out
-MQTT_TIMEOUT_MS = 1000  # longest a connect/read/write to the broker may hold the loop
+MQTT_TIMEOUT_MS = 800  # longest a connect/read/write to the broker may hold the loop (stall <= 1 s)
 MQTT_QOS = 0  # 1: every publish waits (at most MQTT_TIMEOUT_MS) for the broker's PUBACK
 TELEMETRY_INTERVAL = 10  # seconds
 TELEMETRY_BUFFER = 16  # readings kept while the broker is unreachable (oldest dropped first)
