@@ -200,10 +200,11 @@ def restore():
 
 
 def _changed(s):
+    # Only marked here: the main loop writes it right after the answer, so no flash write sits
+    # in a request's (or an RPC callback's) path.
     global _dirty
     if s.id in _saved:
         _dirty = True
-        save_due(time.ticks_ms())
 
 
 def save_due(now):
