@@ -34,11 +34,19 @@ MQTT_HOST = ""
 MQTT_PORT = 1883
 MQTT_TOKEN = ""  # the ThingsBoard device access token
 MQTT_KEEPALIVE = 60  # seconds; the device pings before the broker's 1.5x runs out
-MQTT_TIMEOUT_MS = 800  # longest a connect/read/write to the broker may hold the loop (stall <= 1 s)
-MQTT_QOS = 0  # 1: every publish waits (at most MQTT_TIMEOUT_MS) for the broker's PUBACK
+MQTT_TIMEOUT_MS = 800  # deadline of each whole broker operation (connect+CONNACK, subscribe+SUBACK,
+# one incoming packet, a queued write); the loop never waits for any of them, it only gives up after this
+MQTT_QOS = 0  # 1: the broker acknowledges each publish (tracked without waiting; unacknowledged at a drop: "lost")
+MQTT_MAX_PACKET = 2304  # receive buffer, allocated once: a larger RPC request is skipped and answered
+# {"error":"payload too large"}; room for 2 KB update chunks (lower it on a low-RAM board)
 TELEMETRY_INTERVAL = 10  # seconds
 TELEMETRY_BUFFER = 16  # readings kept while the broker is unreachable (oldest dropped first)
 RPC_SWITCH = ""  # stream driven by the switch widgets' RPC; "" = the first boolean actuator
+# The same telemetry (periodic and on change), publish-only, to the system's own broker, where the
+# automation service listens ("" turns it off; no token: an anonymous connect as ds_<OSID>).
+LOCAL_MQTT_HOST = ""
+LOCAL_MQTT_PORT = 1883
+LOCAL_MQTT_TOPIC = "datastream/telemetry"
 NTP_HOST = "pool.ntp.org"  # wifi.py sets the RTC from it at each link-up and every 6 h ("": never);
 # the reloj stream and the timestamps of buffered readings come from that clock
 

@@ -6,11 +6,11 @@ import sys
 import time
 
 import cfg
-import guard  # counts this boot first; streams (imported by mqtt) then checks cfg
+import guard  # counts this boot first; streams (imported by thingsboard) then checks cfg
 import http
-import mqtt
 import router
 import streams
+import thingsboard
 from micropython import const
 from wifi import Wifi
 
@@ -39,7 +39,7 @@ def _safe_routes():
 
 def run():
     wifi = Wifi()
-    telemetry = mqtt.Telemetry(wifi.ip)
+    telemetry = thingsboard.Telemetry(wifi.ip)
     if guard.SAFE:
         _safe_routes()
     router.setup(telemetry)

@@ -1,73 +1,54 @@
-# ThingsBoard telemetry and control over MQTT (umqtt.simple), as one more participant of the main
-# loop: its socket sits in the loop's poll set, and service() does the timed work (publish, ping,
-# reconnect) and says how long the loop may sleep. umqtt.simple blocks on connect, on reads after
-# the first byte and on writes; every one of those is bounded here by a socket timeout, so the HTTP
-# server is never held up for longer than cfg.MQTT_TIMEOUT_MS.
+# The MQTT channel: bytes on one broker socket, turned by the main loop and never waiting on it.
+# umqtt.simple encodes what the device sends (CONNECT, SUBSCRIBE, PUBLISH, PINGREQ); the channel
+# stands in for its socket, queues those bytes when the socket cannot take them, and cuts off each
+# blocking read umqtt.simple would start (for CONNACK, SUBACK, PUBACK). Every answer is assembled by
+# an incremental reader instead, from the bytes that are there when the socket is readable, into one
+# buffer allocated at start. Each operation has a deadline for the whole of it (connect with CONNACK,
+# subscribe with SUBACK, an incoming packet from its first byte to its last, a queued write, a QoS 1
+# PUBACK); past it the link is dropped and retried with backoff. Nothing is handled inside a
+# publish or another handler: messages are delivered from the reader only. Knows nothing of ThingsBoard.
 import errno
-import gc
-import json
 import random
 import select
 import socket
 import time
 
-import cfg
-import hw
-import streams
-from http import Writer
 from micropython import const
 from umqtt import simple
 
-TELEMETRY = b"v1/devices/me/telemetry"
-ATTRIBUTES = b"v1/devices/me/attributes"
-RPC_REQUESTS = b"v1/devices/me/rpc/request/+"
-_RPC_PREFIX_LEN = const(26)  # len("v1/devices/me/rpc/request/")
-_RPC_RESPONSE = "v1/devices/me/rpc/response/"
+_IN = select.POLLIN
+_OUT = select.POLLOUT
+
+DOWN = const(0)
+OPENING = const(1)  # TCP connect and CONNACK
+SUBSCRIBING = const(2)
+UP = const(3)
 
 _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(60000)
-_PING_WAIT_MS = const(10000)  # a PINGREQ unanswered for this long means the link is dead
-_BATCH = const(4)  # buffered readings per message when they are sent after a reconnect
-
-# ms since the Unix epoch from the RTC: ThingsBoard's "ts". Bare-metal ports count from 2000.
-_EPOCH_MS = 946684800000 if time.gmtime(0)[0] == 2000 else 0
-
-
-def now_ms():
-    return time.time_ns() // 1000000 + _EPOCH_MS
+_STABLE_MS = const(60000)  # a link must live this long, hearing from the broker, to reset the backoff
+_PING_WAIT_MS = const(10000)  # a PINGREQ (or a QoS 1 PUBLISH) unanswered for this long: the link is dead
+_INFLIGHT_MAX = const(8)  # QoS 1 publishes awaiting PUBACK; more are refused (the caller keeps them)
+_PACKETS_PER_TURN = const(4)  # then the loop gets its turn back (poll is level-triggered)
+_OUT_BUF = const(512)  # bytes of a packet the socket could not take at once
 
 
-class _Socket:
-    """The broker socket as umqtt.simple sees it: 'blocking' means blocking for at most the
-    configured timeout, so no read or write it does can hold the loop for longer."""
-
-    def __init__(self):
-        self.s = socket.socket()
-        self.s.settimeout(cfg.MQTT_TIMEOUT_MS / 1000)
-
-    def connect(self, addr):
-        self.s.connect(addr)
-
-    def setblocking(self, flag):
-        self.s.settimeout(cfg.MQTT_TIMEOUT_MS / 1000 if flag else 0)
-
-    def read(self, n):
-        return self.s.read(n)
-
-    def write(self, data, n=-1):
-        return self.s.write(data if n < 0 else memoryview(data)[:n])
-
-    def close(self):
-        self.s.close()
+class _Cut(Exception):
+    """Raised where umqtt.simple would block reading the broker's answer: the packet it encoded is
+    queued by then, and the answer is taken by the reader as the loop turns."""
 
 
-_addr = {}  # resolved broker address: DNS can take seconds, so only the first connect pays it
+_addr = {}  # resolved broker addresses: DNS can take seconds, so only the first connect pays it
 
 
 class _Net:
-    """Stands in for umqtt.simple's `socket` module (it creates its socket inside connect())."""
+    """Stands in for umqtt.simple's `socket` module: its connect() gets the channel as its socket."""
 
-    socket = _Socket
+    channel = None  # type: Channel | None
+
+    @staticmethod
+    def socket():
+        return _Net.channel
 
     @staticmethod
     def getaddrinfo(host, port):
@@ -80,299 +61,375 @@ class _Net:
 simple.socket = _Net  # type: ignore[attr-defined]  # the stubs do not list the module umqtt uses
 
 
-class Telemetry:
-    """Publishes readings every cfg.TELEMETRY_INTERVAL s, keeps them while offline, answers RPC."""
+class Channel:
+    """One broker link. on_up() runs once the subscriptions are acknowledged; on_msg(topic,
+    payload, retained) for each PUBLISH received (memoryviews into the receive buffer, valid during
+    the call; payload None when it was larger than the buffer and skipped)."""
 
-    def __init__(self, ip=lambda: "127.0.0.1"):
-        self.enabled = bool(cfg.MQTT_HOST)
-        self.ip = ip
-        self.client = None
+    def __init__(self, host, port, client_id, user, keepalive, timeout_ms, rx_size, topics, on_up, on_msg):
+        self.host = host
+        self.port = port
+        self.client_id = client_id
+        self.user = user
+        self.keepalive = keepalive
+        self.timeout_ms = timeout_ms
+        self.topics = topics
+        self.on_up = on_up
+        self.on_msg = on_msg
         self.poller = None
-        self.published = 0
-        self.failed = 0
-        self.dropped = 0
+        self.s = None
+        self.client = None
+        self.state = DOWN
+        self.tcp = False  # the TCP connect has completed
+        now = time.ticks_ms()
+        self.until = now  # deadline of the connect or subscribe under way
+        self.subs = 0  # SUBACKs still awaited
+        self.out = bytearray(_OUT_BUF)
+        self.out_n = 0
+        self.out_since = now
+        self.rx = bytearray(rx_size)
+        self.rmv = memoryview(self.rx)
+        self.b1 = bytearray(1)
+        self.ack = bytearray(b"\x40\x02\0\0")
+        self.rtype = -1  # first byte of the packet being read; -1: none begun
+        self.rlen = -1  # its remaining length; -1: still being read
+        self.rn = self.rmul = self.rgot = self.rkeep = 0
+        self.rx_until = now
+        self.inflight = []  # [pid, tick sent] of QoS 1 publishes awaiting PUBACK, oldest first
+        self.lost = 0  # QoS 1 publishes never acknowledged before a drop
         self.connects = 0
-        self.last_publish = None  # ticks of the last successful publish
         self.last_error = None
         self.backoff = _BACKOFF_MIN_MS
-        now = time.ticks_ms()
         self.next_connect = now
-        self.next_publish = time.ticks_add(now, cfg.TELEMETRY_INTERVAL * 1000)
+        self.up_since = now
+        self.heard = False  # a packet came from the broker after the link was up
         self.last_rx = now
         self.ping_sent = None
-        self.changed = []  # streams set since the last service()
-        self.ring = [None] * cfg.TELEMETRY_BUFFER  # readings kept while offline, oldest first
-        self.head = 0
-        self.queued = 0
-        self.switch = _switch_stream()
-        if self.enabled:
-            self.out = Writer(_payload_max())
-            streams.on_change.append(self.changed.append)
 
     def attach(self, poller):
         self.poller = poller
 
-    def state_json(self):
-        """The link's state as a JSON string, for /Datastreams/health."""
-        if not self.enabled:
-            return b'"off"'
-        return b'"connected"' if self.client else b'"disconnected"'
+    # --- umqtt.simple's view: the channel is its socket --------------------------------------
+    def connect(self, addr):
+        s = socket.socket()
+        self.s = s
+        s.setblocking(False)
+        try:
+            s.connect(addr)
+            self.tcp = True
+        except OSError as e:
+            if e.errno != errno.EINPROGRESS:
+                raise
+        if self.poller is not None:
+            self.poller.register(s, _IN | _OUT)
+
+    def setblocking(self, flag):
+        pass
+
+    def read(self, n):
+        raise _Cut()
+
+    def write(self, data, n=-1):
+        mv = memoryview(data)
+        if n >= 0:
+            mv = mv[:n]
+        k = 0
+        if self.tcp and not self.out_n:
+            k = self.s.write(mv) or 0  # None: the socket takes nothing now
+        rest = len(mv) - k
+        if rest:
+            if self.out_n + rest > _OUT_BUF:
+                raise OSError(errno.ENOBUFS)  # the broker does not read: dropped, data kept by the caller
+            if not self.out_n:
+                self.out_since = time.ticks_ms()
+                if self.tcp:
+                    self.poller.modify(self.s, _IN | _OUT)
+            self.out[self.out_n:self.out_n + rest] = mv[k:]
+            self.out_n += rest
+        return len(mv)
 
     # --- the loop's interface ----------------------------------------------------------------
     def service(self, now):
-        """Do what is due; return ms until the next deadline (-1: none)."""
-        if not self.enabled:
-            return -1
-        if self.client is None and time.ticks_diff(now, self.next_connect) >= 0:
-            self._connect()
-        if time.ticks_diff(now, self.next_publish) >= 0:
-            late = time.ticks_diff(now, self.next_publish) >= cfg.TELEMETRY_INTERVAL * 1000
-            self.next_publish = time.ticks_add(now if late else self.next_publish, cfg.TELEMETRY_INTERVAL * 1000)
-            self._send(streams.STREAMS, True)
-        if self.changed:
-            self._send(self.changed, False)
-            self.changed.clear()
-        wait = time.ticks_diff(self.next_publish, now)
-        if self.client is None:
-            return min(wait, max(0, time.ticks_diff(self.next_connect, now)))
-        return min(wait, self._keepalive(now))
+        """Start a connect when due, enforce every deadline, ping; return ms until the next deadline."""
+        if self.state == DOWN and time.ticks_diff(now, self.next_connect) >= 0:
+            self._open(now)
+        t = self.timeout_ms
+        if self.state == UP:
+            wait = self._keepalive(now)
+        elif self.state != DOWN:
+            wait = self._late(now, self.until, t, "CONNACK" if self.state == OPENING else "SUBACK")
+        if self.state != DOWN and self.rtype >= 0:
+            wait = min(wait, self._late(now, self.rx_until, t, "end of the packet begun"))
+        if self.state != DOWN and self.out_n:
+            wait = min(wait, self._late(now, time.ticks_add(self.out_since, t), t, "progress writing"))
+        if self.state != DOWN and self.inflight:
+            wait = min(wait, self._late(now, time.ticks_add(self.inflight[0][1], _PING_WAIT_MS), _PING_WAIT_MS, "PUBACK"))
+        if self.state == DOWN:
+            return max(0, time.ticks_diff(self.next_connect, now))
+        return wait
+
+    def _late(self, now, deadline, limit, what):
+        """ms left until `deadline`; past it the link is dropped (and 0 returned)."""
+        left = time.ticks_diff(deadline, now)
+        if left > 0:
+            return left
+        self._drop("no %s within %d ms" % (what, limit))
+        return 0
 
     def handle(self, obj, ev):
         """Serve a poll event of the broker socket; False if `obj` is not it."""
-        if self.client is None or obj is not self.client.sock.s:
+        if self.s is None or obj is not self.s:
             return False
         try:
-            if ev & select.POLLIN:
-                self.last_rx = time.ticks_ms()
-                self.ping_sent = None
-                self.client.check_msg()
+            if ev & _OUT:
+                self.tcp = True
+                self._flush()
+            if ev & _IN:
+                self._receive()
             elif ev & (select.POLLERR | select.POLLHUP):
-                raise OSError("connection lost")
+                raise OSError(errno.ECONNRESET)
         except Exception as e:
             self._drop(e)
         return True
 
+    def publish(self, topic, payload, qos=0):
+        """Send one PUBLISH without waiting; False if the link is not up, or QoS 1 has too many
+        unacknowledged (the caller keeps its data)."""
+        if self.state != UP or (qos and len(self.inflight) >= _INFLIGHT_MAX):
+            return False
+        c = self.client
+        try:
+            c.publish(topic, payload, qos=qos)
+        except _Cut:  # QoS 1: umqtt.simple would now wait for the PUBACK; the reader takes it
+            self.inflight.append([c.pid, time.ticks_ms()])
+        except Exception as e:
+            self._drop(e)
+            return False
+        if c.pid >= 65535:  # umqtt.simple never wraps it, and packet id 0 is invalid
+            c.pid = 0
+        return True
+
     # --- connection --------------------------------------------------------------------------
-    def _connect(self):
-        c = simple.MQTTClient("tb_" + cfg.OSID, cfg.MQTT_HOST, cfg.MQTT_PORT, user=cfg.MQTT_TOKEN,
-                              password="", keepalive=cfg.MQTT_KEEPALIVE)
-        c.set_callback(self._rpc)
+    def _open(self, now):
+        c = simple.MQTTClient(self.client_id, self.host, self.port, user=self.user, password="",
+                              keepalive=self.keepalive)
+        c.set_callback(_unused)  # subscribe() asserts one; messages come through on_msg instead
+        self.client = c
+        self.state = OPENING
+        self.tcp = False
+        self.until = time.ticks_add(now, self.timeout_ms)
+        _Net.channel = self
         try:
             c.connect()
-            self.client = c
-            c.subscribe(RPC_REQUESTS)
-        except Exception as e:
-            self.client = c
-            self._drop(e)
+        except _Cut:  # CONNECT queued; CONNACK comes through the reader
             return
+        except Exception as e:
+            self._drop(e)
+
+    def _subscribe(self):
+        c = self.client
+        self.subs = len(self.topics)
+        self.until = time.ticks_add(time.ticks_ms(), self.timeout_ms)
+        self.state = SUBSCRIBING
+        for t in self.topics:
+            try:
+                c.subscribe(t)
+            except _Cut:  # SUBACK comes through the reader
+                pass
+        if not self.subs:
+            self._up()
+
+    def _up(self):
+        self.state = UP
         self.connects += 1
-        self.backoff = _BACKOFF_MIN_MS
-        self.last_rx = time.ticks_ms()
-        self.ping_sent = None
-        if self.poller is not None:
-            self.poller.register(c.sock.s, select.POLLIN)
-        print("mqtt: connected to %s:%d" % (cfg.MQTT_HOST, cfg.MQTT_PORT))
-        self._publish(ATTRIBUTES, _attributes(self.ip()))
-        self._flush()
+        self.last_error = None
+        self.up_since = time.ticks_ms()
+        self.heard = False
+        self.on_up()
+
+    def drop(self, why):
+        """Close the link (e.g. it is unusable to the caller); the next attempt follows the backoff."""
+        if self.state != DOWN:
+            self._drop(why)
 
     def _drop(self, err):
-        """Forget the connection and schedule the next attempt with backoff and jitter."""
-        c, self.client = self.client, None
-        if c is not None and c.sock is not None:
-            if self.poller is not None:
-                try:
-                    self.poller.unregister(c.sock.s)
-                except (OSError, ValueError, KeyError):
-                    pass
+        now = time.ticks_ms()
+        s, self.s, self.client = self.s, None, None
+        if s is not None:
             try:
-                c.sock.close()
+                self.poller.unregister(s)
+            except (OSError, ValueError, KeyError, AttributeError):
+                pass
+            try:
+                s.close()
             except OSError:
                 pass
-        self.last_error = _describe(err)
+        if self.state == UP and self.heard and time.ticks_diff(now, self.up_since) >= _STABLE_MS:
+            self.backoff = _BACKOFF_MIN_MS  # a link that worked; one dropped at once keeps backing off
+        self.state = DOWN
+        self.out_n = 0
+        self.rtype = -1
+        self.lost += len(self.inflight)
+        self.inflight.clear()
+        self.ping_sent = None
+        self.last_error = err if isinstance(err, str) else _describe(err)
         wait = self.backoff - self.backoff // 4 + random.getrandbits(16) % (self.backoff // 2 + 1)
-        self.next_connect = time.ticks_add(time.ticks_ms(), wait)
+        self.next_connect = time.ticks_add(now, wait)
         self.backoff = min(self.backoff * 2, _BACKOFF_MAX_MS)
-        print("mqtt: %s; next attempt in %d ms" % (self.last_error, wait))
+        print("mqtt: %s:%d: %s; next attempt in %d ms" % (self.host, self.port, self.last_error, wait))
 
     def _keepalive(self, now):
         """PINGREQ when the broker has been silent for half the keepalive; drop if unanswered."""
-        half = cfg.MQTT_KEEPALIVE * 500
         if self.ping_sent is not None:
             left = _PING_WAIT_MS - time.ticks_diff(now, self.ping_sent)
             if left <= 0:
-                self._drop(OSError("no PINGRESP"))
-                return max(0, time.ticks_diff(self.next_connect, now))
-            return left
-        left = half - time.ticks_diff(now, self.last_rx)
-        if left <= 0:
-            try:
-                self.client.ping()
-                self.ping_sent = now
-            except Exception as e:
-                self._drop(e)
+                self._drop("no PINGRESP within %d ms" % _PING_WAIT_MS)
                 return 0
-            return _PING_WAIT_MS
-        return left
-
-    # --- telemetry ---------------------------------------------------------------------------
-    def _send(self, which, with_mem):
-        """Publish the current values of `which`; while offline keep them in the ring."""
-        out = self.out
-        out.pos = 0
-        out.overflow = False
-        _values(out, which, with_mem)
-        if out.overflow:  # cannot happen with VALUE_MAX-clipped values; never send half a payload
-            self.failed += 1
-            self.last_error = "payload too large"
-            return
-        if self.client is not None and self._publish(TELEMETRY, out.mv[:out.pos]):
-            self.published += 1
-            self.last_publish = time.ticks_ms()
-            return
-        self._keep(b'{"ts":%d,"values":%s}' % (now_ms(), bytes(out.mv[:out.pos])))
-
-    def _publish(self, topic, payload):
+            return left
+        left = self.keepalive * 500 - time.ticks_diff(now, self.last_rx)
+        if left > 0:
+            return left
         try:
-            self.client.publish(topic, payload, qos=cfg.MQTT_QOS)
-            return True
+            self.client.ping()
+            self.ping_sent = now
         except Exception as e:
-            self.failed += 1
             self._drop(e)
-            return False
-
-    def _keep(self, record):
-        size = len(self.ring)
-        if not size:
-            self.dropped += 1
-            return
-        if self.queued == size:
-            self.head = (self.head + 1) % size  # full: the oldest reading goes
-            self.queued -= 1
-            self.dropped += 1
-        self.ring[(self.head + self.queued) % size] = record
-        self.queued += 1
+            return 0
+        return _PING_WAIT_MS
 
     def _flush(self):
-        """Send the kept readings, oldest first, as ThingsBoard ts batches."""
-        size = len(self.ring)
-        while self.queued and self.client is not None:
-            n = min(self.queued, _BATCH)
-            batch = b"[" + b",".join(self.ring[(self.head + i) % size] for i in range(n)) + b"]"  # type: ignore[misc]
-            if not self._publish(TELEMETRY, batch):
+        """Write what is queued, as much as the socket takes now."""
+        n = self.out_n
+        if not n:
+            self.poller.modify(self.s, _IN)
+            return
+        k = self.s.write(memoryview(self.out)[:n]) or 0
+        if k:
+            self.out[:n - k] = self.out[k:n]  # rare: only a congested link queues
+            self.out_n = n - k
+            self.out_since = time.ticks_ms()
+        if not self.out_n:
+            self.poller.modify(self.s, _IN)
+
+    # --- the reader ---------------------------------------------------------------------------
+    def _receive(self):
+        for _ in range(_PACKETS_PER_TURN):
+            if not self._take():
                 return
-            for i in range(n):
-                self.ring[(self.head + i) % size] = None
-            self.head = (self.head + n) % size
-            self.queued -= n
-            self.published += 1
-            self.last_publish = time.ticks_ms()
+            self._dispatch()
+            if self.s is None:
+                return
+            self.rtype = -1
 
-    # --- RPC ---------------------------------------------------------------------------------
-    def _rpc(self, topic, msg):
-        """Answer a server-side RPC request on its response topic."""
-        reply = self._call(msg)
-        self._publish(_RPC_RESPONSE + topic[_RPC_PREFIX_LEN:].decode(), _json(reply))
+    def _take(self):
+        """Read what is there of the current packet; True once it is whole in the buffer (beyond
+        the buffer, a PUBLISH's payload is read and thrown away, its topic kept)."""
+        s = self.s
+        while self.rtype < 0 or self.rlen < 0:  # fixed header: type, then the length a byte at a time
+            if not _read(s, self.b1):
+                return False
+            b = self.b1[0]
+            self.last_rx = time.ticks_ms()
+            if self.rtype < 0:
+                if b >> 4 not in _FROM_BROKER:
+                    raise OSError("protocol error: packet type %d" % (b >> 4))
+                self.rtype, self.rlen, self.rn, self.rmul = b, -1, 0, 1
+                self.rx_until = time.ticks_add(self.last_rx, self.timeout_ms)
+                continue
+            self.rn += (b & 0x7F) * self.rmul
+            if b & 0x80:
+                self.rmul <<= 7
+                if self.rmul > 0x200000:
+                    raise OSError("protocol error: length")
+                continue
+            self.rlen, self.rgot, self.rkeep = self.rn, 0, -1
+            t = self.rtype >> 4
+            if (self.rlen < 2 if t == 3 else self.rlen > 8) or (t == 2 and self.rlen != 2):
+                raise OSError("protocol error: length %d for type %d" % (self.rlen, t))
+        cap = len(self.rx)
+        while self.rgot < self.rlen:
+            a = self.rgot
+            if a >= cap:
+                a = self._keep_topic()
+            k = _read(s, self.rmv[a:min(cap, a + self.rlen - self.rgot)])
+            if not k:
+                return False
+            self.rgot += k
+            self.last_rx = time.ticks_ms()
+        return True
 
-    def _call(self, msg):
+    def _keep_topic(self):
+        """Where the skipped rest of an oversized PUBLISH goes: after its topic (and packet id)."""
+        if self.rkeep < 0:
+            k = 2 + (self.rx[0] << 8 | self.rx[1]) + (2 if self.rtype & 6 else 0)
+            self.rkeep = k if k < len(self.rx) - 16 else 0  # 0: not even the topic fits
+        return self.rkeep
+
+    def _dispatch(self):
+        t, rx = self.rtype >> 4, self.rx
+        if t == 3:
+            self._message()
+        elif t == 4:  # PUBACK
+            pid = rx[0] << 8 | rx[1]
+            for i, f in enumerate(self.inflight):
+                if f[0] == pid:
+                    del self.inflight[i]
+                    break
+        elif t == 13:  # PINGRESP
+            self.ping_sent = None
+        elif t == 2:
+            if self.state != OPENING:
+                raise OSError("protocol error: CONNACK")
+            if rx[1]:
+                raise simple.MQTTException(rx[1])
+            self._subscribe()
+            return
+        elif t == 9 and self.state == SUBSCRIBING:
+            if rx[2] & 0x80:
+                raise OSError("subscription refused")
+            self.subs -= 1
+            if not self.subs:
+                self._up()
+            return
+        if self.state == UP:
+            self.heard = True
+
+    def _message(self):
+        h, rx, n = self.rtype, self.rx, self.rlen
+        qos = h >> 1 & 3
+        end = 2 + (rx[0] << 8 | rx[1])
+        skipped = n > len(rx)
+        if end + (2 if qos else 0) > n:
+            raise OSError("protocol error: topic length")
+        if qos:
+            if skipped and not self.rkeep:
+                raise OSError("protocol error: topic longer than the buffer")
+            self.ack[2], self.ack[3] = rx[end], rx[end + 1]
+            self.write(self.ack)  # QoS 1 (we subscribe at 0; a broker may still send 1)
+        if skipped and not self.rkeep:
+            return  # nothing left to tell whom to answer
+        start = end + (2 if qos else 0)
         try:
-            req = json.loads(msg)
-            method = req["method"]
-            params = req.get("params")
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return {"error": "bad request"}
-        try:
-            if method in ("getValue", "getState", "setValue", "setState"):
-                if self.switch is None:
-                    return {"error": "no switch datastream"}
-                if method[0] == "s":
-                    self.switch.set(self.switch.parse(_param_text(params)))
-                return self.switch.value()
-            if method in ("getDatastream", "setDatastream"):
-                s = streams.find(params["id"]) if isinstance(params, dict) else None
-                if s is None:
-                    return {"error": "unknown datastream"}
-                if method == "setDatastream":
-                    s.set(s.parse(_param_text(params.get("value"))))
-                return {"id": s.id, "value": s.value()}
-        except (ValueError, KeyError, TypeError, OSError) as e:
-            return {"error": streams.reason(e)}
-        return {"error": "unknown method"}
-
-    # --- /telemetry/status -------------------------------------------------------------------
-    def status(self, c):
-        now = time.ticks_ms()
-        c.add(b'{"enabled":%s,"connected":%s,"host":' % (
-            b"true" if self.enabled else b"false", b"true" if self.client else b"false"))
-        if self.enabled:
-            c.add_str(cfg.MQTT_HOST)
-        else:
-            c.add(b"null")
-        c.add(b',"port":%d,"topic":"%s","interval_s":%d,"published":%d,"failed":%d,"last_publish_ms_ago":' % (
-            cfg.MQTT_PORT, TELEMETRY, cfg.TELEMETRY_INTERVAL, self.published, self.failed))
-        c.add(b"null" if self.last_publish is None else b"%d" % time.ticks_diff(now, self.last_publish))
-        c.add(b',"last_error":')
-        if self.last_error is None:
-            c.add(b"null")
-        else:
-            c.add_str(self.last_error)
-        c.add(b',"queued":%d,"dropped":%d,"connects":%d,"mem_free":%d}' % (
-            self.queued, self.dropped, self.connects, gc.mem_free()))
-        c.finish(200)
+            self.on_msg(self.rmv[2:end], None if skipped else self.rmv[start:n], bool(h & 1))
+        except Exception as e:  # what a peer sends must never cost the link
+            print("mqtt: message handler: %r" % e)
 
 
-def _values(out, which, with_mem):
-    """Flat ThingsBoard payload: {"<id>": value, ...}; a stream that cannot be read is left out."""
-    out.add(b"{")
-    first = True
-    for s in which:
-        try:
-            v = s.value()
-        except Exception:
-            continue
-        if not first:
-            out.add(b",")
-        first = False
-        out.add(s.jid)
-        out.add(b":")
-        streams.add_value(out, v, False)
-    if with_mem:
-        out.add(b'%s"_mem_free":%d' % (b"" if first else b",", gc.mem_free()))
-    out.add(b"}")
+_FROM_BROKER = (2, 3, 4, 9, 11, 13)  # CONNACK PUBLISH PUBACK SUBACK UNSUBACK PINGRESP
 
 
-def _json(obj):
-    return json.dumps(obj, separators=(",", ":")).encode()
+def _read(s, mv):
+    """readinto: the count read, 0 when nothing is there now; raises when the broker closed."""
+    k = s.readinto(mv)
+    if k is None:
+        return 0
+    if not k:
+        raise OSError("closed by broker")
+    return k
 
 
-def _attributes(ip):
-    return _json({
-        "firmware_version": streams.VERSION, "osid": cfg.OSID, "title": cfg.TITLE, "ip": ip,
-        "platform": "esp32" if hw.BOARD else "host",
-        "datastreams": [{"id": s.id, "format": s.format, "type": "actuator" if s.actuator else "sensor"}
-                        for s in streams.STREAMS],
-    })
-
-
-def _payload_max():
-    return 32 + sum(len(s.jid) + streams.VALUE_MAX + 8 for s in streams.STREAMS)
-
-
-def _switch_stream():
-    """The stream the switch widgets drive: cfg.RPC_SWITCH, else the first boolean actuator."""
-    sid = getattr(cfg, "RPC_SWITCH", "")
-    for s in streams.STREAMS:
-        if (s.id == sid) if sid else (s.actuator and s.format == "boolean"):
-            return s
-    return None
-
-
-def _param_text(p):
-    """An RPC parameter as the text SetDatastream's `comando` would carry."""
-    if p is True or p is False:
-        return "on" if p else "off"
-    if isinstance(p, (int, float, str)):
-        return str(p)
-    raise ValueError("bad params")
+def _unused(topic, msg):
+    pass
 
 
 def _describe(e):

@@ -156,7 +156,7 @@ class Bench:
 
     def internals(self):
         # main.py's imports, each after what it imports itself; then microdot's
-        mods = ["cfg", "hw", "guard", "http", "streams", "umqtt.simple", "mqtt", "router", "wifi", "asyncio",
+        mods = ["cfg", "hw", "guard", "http", "streams", "umqtt.simple", "mqtt", "thingsboard", "router", "wifi", "asyncio",
                 "microdot"]
         for mpy in (False, True):
             got, s = self.script(mpy, "imports.py", mods)

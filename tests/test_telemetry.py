@@ -236,48 +236,12 @@ def test_ring_drops_oldest_when_full(make_firmware):
 def test_status_when_disabled(device):
     status = device.get("/telemetry/status").json()
     assert status["enabled"] is False and status["connected"] is False and status["host"] is None
+    assert status["port"] is None and status["local"] is None
     assert status["published"] == 0 and status["last_publish_ms_ago"] is None and status["queued"] == 0
     assert status["mem_free"] > 0
     keys = {"enabled", "connected", "host", "port", "topic", "interval_s", "published", "failed",
             "last_publish_ms_ago", "last_error", "queued", "mem_free"}
     assert keys <= set(status)
-
-
-def test_silent_broker_stalls_http_at_most_the_mqtt_timeout(make_firmware):
-    """A broker that accepts but never answers (a half-open link): each connect attempt waits for
-    CONNACK at most MQTT_TIMEOUT_MS, then backs off; HTTP is answered throughout."""
-    import socket
-
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(8)
-    held = []
-    stop = threading.Event()
-
-    def accept():
-        silent.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(silent.accept()[0])
-            except OSError:
-                pass
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        fw = make_firmware(**mqtt_cfg(silent.getsockname()[1], MQTT_TIMEOUT_MS=500))
-        worst, t_end = 0.0, time.monotonic() + 4
-        while time.monotonic() < t_end:
-            t0 = time.monotonic()
-            assert fw.get("/Datastreams/health", timeout=5).status == 200
-            worst = max(worst, time.monotonic() - t0)
-        status = fw.get("/telemetry/status").json()
-        assert held and not status["connected"] and "ETIMEDOUT" in status["last_error"]
-        print("longest HTTP answer with a silent broker (MQTT_TIMEOUT_MS=500): %.0f ms" % (worst * 1000))
-    finally:
-        stop.set()
-        for s in held:
-            s.close()
-        silent.close()
 
 
 def test_qos1_publishes_are_acknowledged(make_firmware, broker, platform):
@@ -287,3 +251,84 @@ def test_qos1_publishes_are_acknowledged(make_firmware, broker, platform):
     assert "Sending PUBACK to tb_%s" % OSID in broker.log()
     status = fw.get("/telemetry/status").json()
     assert status["connected"] and status["connects"] == 1 and status["failed"] == 0
+
+
+class Listener:
+    """The automation service's side: subscribes to one topic on the system's own broker."""
+
+    def __init__(self, port, topic="datastream/telemetry"):
+        self.messages = queue.Queue()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="automation-%d" % port)
+        self.c.on_message = lambda c, u, m: self.messages.put(json.loads(m.payload))
+        ready = threading.Event()
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(topic)
+        self.c.on_subscribe = lambda c, u, mid, rc, p: ready.set()
+        self.c.reconnect_delay_set(0.2, 0.5)
+        self.c.connect("127.0.0.1", port)
+        self.c.loop_start()
+        assert ready.wait(5)
+
+    def next(self, where=lambda j: True, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                j = self.messages.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if where(j):
+                return j
+        raise AssertionError("nothing on the local topic within %.1fs" % timeout)
+
+    def close(self):
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def test_local_broker_gets_the_same_telemetry_and_each_broker_is_lost_alone(make_firmware, broker, platform, tmp_path):
+    local_dir = tmp_path / "local"
+    local_dir.mkdir()
+    local = Broker(str(local_dir)).start()
+    listener = Listener(local.port)
+    try:
+        fw = make_firmware(**mqtt_cfg(broker.port, LOCAL_MQTT_HOST="127.0.0.1", LOCAL_MQTT_PORT=local.port))
+        periodic = listener.next(lambda j: "_mem_free" in j)
+        assert list(periodic) == ["led", "rele", "reloj", "temperatura", "memoria", "_mem_free"]
+        platform.telemetry(where=lambda j: "_mem_free" in j)
+        fw.post("/Datastreams/SetDatastream?osid=%s&idDataStream=rele&comando=on" % OSID)
+        assert listener.next(lambda j: "_mem_free" not in j) == {"rele": True}
+        assert platform.telemetry(where=lambda j: "_mem_free" not in j)[0] == {"rele": True}
+        assert "as ds_%s" % OSID in local.log(), "its own client id, anonymous"
+        # the local broker goes: ThingsBoard does not notice
+        local.stop()
+        platform.telemetry(where=lambda j: "_mem_free" in j)
+        platform.telemetry(where=lambda j: "_mem_free" in j)
+        status = fw.get("/telemetry/status").json()
+        assert status["connected"] and status["connects"] == 1 and not status["local"]["connected"]
+        assert status["local"]["topic"] == "datastream/telemetry" and status["local"]["last_error"]
+        local.start()
+        listener.next(lambda j: "_mem_free" in j, timeout=10)
+        # ThingsBoard's broker goes: the local copy goes on
+        broker.stop()
+        listener.next(lambda j: "_mem_free" in j)
+        listener.next(lambda j: "_mem_free" in j)
+        status = fw.get("/telemetry/status").json()
+        assert not status["connected"] and status["local"]["connected"] and status["local"]["connects"] == 2
+        assert fw.alive() and "Traceback" not in fw.log()
+    finally:
+        listener.close()
+        local.stop()
+
+
+def test_local_broker_alone(make_firmware, tmp_path):
+    local = Broker(str(tmp_path)).start()
+    listener = Listener(local.port, topic="plant/one")
+    try:
+        fw = make_firmware(LOCAL_MQTT_HOST="127.0.0.1", LOCAL_MQTT_PORT=local.port, LOCAL_MQTT_TOPIC="plant/one",
+                           TELEMETRY_INTERVAL=1)
+        assert "_mem_free" in listener.next()
+        assert fw.get("/Datastreams/health").json()["mqtt"] == "off"
+        status = fw.get("/telemetry/status").json()
+        assert status["host"] is None and status["port"] is None and status["local"]["connected"]
+    finally:
+        listener.close()
+        local.stop()

@@ -8,12 +8,12 @@ import time
 
 import http
 
-import mqtt
+import thingsboard
 import reqs
 import router
 import streams
 
-router.setup(mqtt.Telemetry())
+router.setup(thingsboard.Telemetry())
 _SIZE = 4096
 _RUNS = 200
 
