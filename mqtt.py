@@ -87,6 +87,7 @@ class Channel:
         self.out = bytearray(_OUT_BUF)
         self.out_n = 0
         self.out_since = now
+        self.waiting = False  # gathered bytes wait for the socket (registered for POLLOUT)
         self.rx = bytearray(rx_size)
         self.rmv = memoryview(self.rx)
         self.b1 = bytearray(1)
@@ -120,6 +121,8 @@ class Channel:
         except OSError as e:
             if e.errno != errno.EINPROGRESS:
                 raise
+        self.waiting = True  # until the connect completes, CONNECT waits here
+        self.out_since = time.ticks_ms()
         if self.poller is not None:
             self.poller.register(s, _IN | _OUT)
 
@@ -130,22 +133,24 @@ class Channel:
         raise _Cut()
 
     def write(self, data, n=-1):
+        """Gather a packet's pieces (umqtt.simple writes each field apart) so that it leaves in one
+        segment: a header sent alone would wait for the peer's delayed ACK (Nagle). A piece larger
+        than the buffer, a payload, goes straight to the socket after what was gathered."""
         mv = memoryview(data)
         if n >= 0:
             mv = mv[:n]
-        k = 0
-        if self.tcp and not self.out_n:
-            k = self.s.write(mv) or 0  # None: the socket takes nothing now
-        rest = len(mv) - k
-        if rest:
-            if self.out_n + rest > _OUT_BUF:
+        m = len(mv)
+        if self.out_n + m > _OUT_BUF:
+            self._flush()
+            k = 0
+            if self.tcp and not self.out_n:
+                k = self.s.write(mv) or 0  # None: the socket takes nothing now
+            m -= k
+            if self.out_n + m > _OUT_BUF:
                 raise OSError(errno.ENOBUFS)  # the broker does not read: dropped, data kept by the caller
-            if not self.out_n:
-                self.out_since = time.ticks_ms()
-                if self.tcp:
-                    self.poller.modify(self.s, _IN | _OUT)
-            self.out[self.out_n:self.out_n + rest] = mv[k:]
-            self.out_n += rest
+            mv = mv[k:]
+        self.out[self.out_n:self.out_n + m] = mv
+        self.out_n += m
         return len(mv)
 
     # --- the loop's interface ----------------------------------------------------------------
@@ -160,7 +165,7 @@ class Channel:
             wait = self._late(now, self.until, t, "CONNACK" if self.state == OPENING else "SUBACK")
         if self.state != DOWN and self.rtype >= 0:
             wait = min(wait, self._late(now, self.rx_until, t, "end of the packet begun"))
-        if self.state != DOWN and self.out_n:
+        if self.state != DOWN and self.waiting:
             wait = min(wait, self._late(now, time.ticks_add(self.out_since, t), t, "progress writing"))
         if self.state != DOWN and self.inflight:
             wait = min(wait, self._late(now, time.ticks_add(self.inflight[0][1], _PING_WAIT_MS), _PING_WAIT_MS, "PUBACK"))
@@ -195,19 +200,25 @@ class Channel:
     def publish(self, topic, payload, qos=0):
         """Send one PUBLISH without waiting; False if the link is not up, or QoS 1 has too many
         unacknowledged (the caller keeps its data)."""
-        if self.state != UP or (qos and len(self.inflight) >= _INFLIGHT_MAX):
+        if not (self.room() if qos else self.state == UP):
             return False
         c = self.client
         try:
-            c.publish(topic, payload, qos=qos)
-        except _Cut:  # QoS 1: umqtt.simple would now wait for the PUBACK; the reader takes it
-            self.inflight.append([c.pid, time.ticks_ms()])
+            try:
+                c.publish(topic, payload, qos=qos)
+            except _Cut:  # QoS 1: umqtt.simple would now wait for the PUBACK; the reader takes it
+                self.inflight.append([c.pid, time.ticks_ms()])
+            self._flush()
         except Exception as e:
             self._drop(e)
             return False
         if c.pid >= 65535:  # umqtt.simple never wraps it, and packet id 0 is invalid
             c.pid = 0
         return True
+
+    def room(self):
+        """Whether a QoS 1 publish would be taken now."""
+        return self.state == UP and len(self.inflight) < _INFLIGHT_MAX
 
     # --- connection --------------------------------------------------------------------------
     def _open(self, now):
@@ -236,6 +247,7 @@ class Channel:
                 c.subscribe(t)
             except _Cut:  # SUBACK comes through the reader
                 pass
+        self._flush()
         if not self.subs:
             self._up()
 
@@ -268,6 +280,7 @@ class Channel:
             self.backoff = _BACKOFF_MIN_MS  # a link that worked; one dropped at once keeps backing off
         self.state = DOWN
         self.out_n = 0
+        self.waiting = False
         self.rtype = -1
         self.lost += len(self.inflight)
         self.inflight.clear()
@@ -291,6 +304,7 @@ class Channel:
             return left
         try:
             self.client.ping()
+            self._flush()
             self.ping_sent = now
         except Exception as e:
             self._drop(e)
@@ -298,18 +312,20 @@ class Channel:
         return _PING_WAIT_MS
 
     def _flush(self):
-        """Write what is queued, as much as the socket takes now."""
+        """Send what is gathered, as much as the socket takes now; the rest waits for POLLOUT."""
         n = self.out_n
-        if not n:
-            self.poller.modify(self.s, _IN)
+        if not self.tcp:
             return
-        k = self.s.write(memoryview(self.out)[:n]) or 0
+        k = self.s.write(memoryview(self.out)[:n]) or 0 if n else 0
         if k:
-            self.out[:n - k] = self.out[k:n]  # rare: only a congested link queues
+            self.out[:n - k] = self.out[k:n]  # rare: only a congested link keeps a rest
             self.out_n = n - k
-            self.out_since = time.ticks_ms()
-        if not self.out_n:
-            self.poller.modify(self.s, _IN)
+        waiting = self.out_n > 0
+        if waiting != self.waiting:
+            if waiting:
+                self.out_since = time.ticks_ms()
+            self.waiting = waiting
+            self.poller.modify(self.s, _IN | _OUT if waiting else _IN)
 
     # --- the reader ---------------------------------------------------------------------------
     def _receive(self):
@@ -406,6 +422,7 @@ class Channel:
                 raise OSError("protocol error: topic longer than the buffer")
             self.ack[2], self.ack[3] = rx[end], rx[end + 1]
             self.write(self.ack)  # QoS 1 (we subscribe at 0; a broker may still send 1)
+            self._flush()
         if skipped and not self.rkeep:
             return  # nothing left to tell whom to answer
         start = end + (2 if qos else 0)

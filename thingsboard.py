@@ -93,6 +93,8 @@ class Telemetry:
         if self.changed:
             self._send(self.changed, False)
             self.changed.clear()
+        if self.queued and self.link.room():  # kept while the link was busy: sent once it has room
+            self._flush()
         return min(wait, time.ticks_diff(self.next_publish, now))
 
     def handle(self, obj, ev):
