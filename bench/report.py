@@ -65,6 +65,10 @@ def rows(b, targets):
         ("telemetry period jitter max", "jit_max", _ms, ""),
         ("longest HTTP stall, broker killed (refused)", "stall_killed", _ms, ""),
         ("longest HTTP stall, broker frozen (SIGSTOP)", "stall_frozen", _ms, ""),
+        ("longest HTTP stall, broker trickles a PUBLISH (a byte / 0.5 s)", "stall_trickling_publish", _ms, ""),
+        ("longest HTTP stall, broker never sends SUBACK, link alive", "stall_suback_never_link_alive", _ms, ""),
+        ("longest HTTP stall, broker trickles CONNACK (a byte / 0.7 s)", "stall_connack_trickled", _ms, ""),
+        ("longest HTTP stall, broker sends garbage after SUBACK", "stall_garbage_after_suback", _ms, ""),
     ]
     return out
 

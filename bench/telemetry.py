@@ -1,6 +1,7 @@
 """Telemetry figures: the period's jitter seen by a paho-mqtt subscriber while HTTP load runs, and
 the longest HTTP stall while the broker is away: killed (connections refused), or killed and
-restarted frozen with SIGSTOP (the kernel accepts the reconnection, CONNACK never comes)."""
+restarted frozen with SIGSTOP (the kernel accepts the reconnection, CONNACK never comes); and while
+a broker misbehaves on purpose (the fake brokers of tests/test_broker_faults.py)."""
 import json
 import os
 import shutil
@@ -11,7 +12,8 @@ import time
 import paho.mqtt.client as paho
 
 import load
-from servers import NAMES, Broker
+from servers import NAMES, Broker  # puts tests/ on the path: one harness for tests and bench
+import test_broker_faults as faults  # noqa: E402
 
 TOPIC = "v1/devices/me/telemetry"
 
@@ -106,6 +108,31 @@ def stall(bench, kind, seconds, how):
             bench.notes.append("%s, broker %s: %d health requests failed (%s)" % (kind, how, r.failed, r.errors[0]))
 
 
+# Each one from boot: the server's first connect meets the fake broker.
+MISBEHAVING = (faults.trickling_publish, faults.suback_never_link_alive, faults.connack_trickled,
+               faults.garbage_after_suback)
+
+
+def stall_fake(bench, kind, seconds, behave):
+    """The longest health answer (concurrency 1) while the server's broker behaves so."""
+    fake = faults.FakeBroker(behave)
+    real, bench.broker = bench.broker, fake  # bench.server() points the server at bench.broker
+    try:
+        with bench.server(kind) as s:
+            if not s.start():
+                bench.notes.append("%s did not start against %s" % (kind, behave.__name__))
+                return
+            r = load.timed(s.port, seconds, ["health"], 1)
+            key = "stall_" + behave.__name__
+            lat = [lat for _, lat in r.stamps]
+            bench.fig[kind][key] = max(lat) * 1000 if lat else None
+            if r.failed:
+                bench.fig[kind][key + "_failed"] = r.failed
+    finally:
+        bench.broker = real
+        fake.close()
+
+
 def measure(bench):
     if bench.broker is None:
         return
@@ -114,3 +141,5 @@ def measure(bench):
         jitter(bench, kind, seconds)
         for how in ("killed", "frozen"):
             stall(bench, kind, 3 if bench.quick else 9, how)
+        for behave in MISBEHAVING:
+            stall_fake(bench, kind, 3 if bench.quick else 8, behave)

@@ -28,7 +28,11 @@ def test_quick_bench_prints_every_figure_for_every_server(tmp_path):
                    "server CPU per request, concurrency 1", "server CPU per request, concurrency 4",
                    "requests/s, concurrency 1", "requests/s, concurrency 4",
                    "telemetry period jitter p99", "longest HTTP stall, broker killed (refused)",
-                   "longest HTTP stall, broker frozen (SIGSTOP)"):
+                   "longest HTTP stall, broker frozen (SIGSTOP)",
+                   "longest HTTP stall, broker trickles a PUBLISH (a byte / 0.5 s)",
+                   "longest HTTP stall, broker never sends SUBACK, link alive",
+                   "longest HTTP stall, broker trickles CONNACK (a byte / 0.7 s)",
+                   "longest HTTP stall, broker sends garbage after SUBACK"):
         assert wanted in labels, wanted
     for r in rows:
         cells = [c.strip() for c in r[1:4]]
