@@ -1,12 +1,14 @@
-# The MQTT channel: bytes on one broker socket, turned by the main loop and never waiting on it.
-# umqtt.simple encodes what the device sends (CONNECT, SUBSCRIBE, PUBLISH, PINGREQ); the channel
-# stands in for its socket, queues those bytes when the socket cannot take them, and cuts off each
-# blocking read umqtt.simple would start (for CONNACK, SUBACK, PUBACK). Every answer is assembled by
-# an incremental reader instead, from the bytes that are there when the socket is readable, into one
-# buffer allocated at start. Each operation has a deadline for the whole of it (connect with CONNACK,
-# subscribe with SUBACK, an incoming packet from its first byte to its last, a queued write, a QoS 1
-# PUBACK); past it the link is dropped and retried with backoff. Nothing is handled inside a
-# publish or another handler: messages are delivered from the reader only. Knows nothing of ThingsBoard.
+# The MQTT channel (3.1.1): bytes on one broker socket, turned by the main loop and never waiting
+# on it. What the device sends (CONNECT, SUBSCRIBE, PUBLISH, PINGREQ, PUBACK) is encoded straight
+# into one gathering buffer and leaves as one segment; every answer is assembled by an incremental
+# reader from the bytes that are there when the socket is readable, into one buffer allocated at
+# start. Each operation has a deadline for the whole of it (connect with CONNACK, subscribe with
+# SUBACK, an incoming packet from its first byte to its last, a queued write, a QoS 1 PUBACK); past
+# it the link is dropped and retried with backoff. Nothing is handled inside a publish or another
+# handler: messages are delivered from the reader only. Knows nothing of ThingsBoard.
+# Why not umqtt.simple: its reads block by design (CONNACK, SUBACK, PUBACK are awaited inside
+# connect, subscribe and publish), and importing it for its four encoders costs 5.5 KB of an
+# ESP32's heap (measured, 32-bit) where these take about 1 KB.
 import errno
 import random
 import select
@@ -14,7 +16,6 @@ import socket
 import time
 
 from micropython import const
-from umqtt import simple
 
 _IN = select.POLLIN
 _OUT = select.POLLOUT
@@ -33,32 +34,7 @@ _PACKETS_PER_TURN = const(4)  # then the loop gets its turn back (poll is level-
 _OUT_BUF = const(512)  # bytes of a packet the socket could not take at once
 
 
-class _Cut(Exception):
-    """Raised where umqtt.simple would block reading the broker's answer: the packet it encoded is
-    queued by then, and the answer is taken by the reader as the loop turns."""
-
-
 _addr = {}  # resolved broker addresses: DNS can take seconds, so only the first connect pays it
-
-
-class _Net:
-    """Stands in for umqtt.simple's `socket` module: its connect() gets the channel as its socket."""
-
-    channel = None  # type: Channel | None
-
-    @staticmethod
-    def socket():
-        return _Net.channel
-
-    @staticmethod
-    def getaddrinfo(host, port):
-        key = (host, port)
-        if key not in _addr:
-            _addr[key] = socket.getaddrinfo(host, port)
-        return _addr[key]
-
-
-simple.socket = _Net  # type: ignore[attr-defined]  # the stubs do not list the module umqtt uses
 
 
 class Channel:
@@ -69,8 +45,8 @@ class Channel:
     def __init__(self, host, port, client_id, user, keepalive, timeout_ms, rx_size, topics, on_up, on_msg):
         self.host = host
         self.port = port
-        self.client_id = client_id
-        self.user = user
+        self.client_id = client_id.encode()
+        self.user = None if user is None else user.encode()
         self.keepalive = keepalive
         self.timeout_ms = timeout_ms
         self.topics = topics
@@ -78,7 +54,6 @@ class Channel:
         self.on_msg = on_msg
         self.poller = None
         self.s = None
-        self.client = None
         self.state = DOWN
         self.tcp = False  # the TCP connect has completed
         now = time.ticks_ms()
@@ -91,6 +66,8 @@ class Channel:
         self.rx = bytearray(rx_size)
         self.rmv = memoryview(self.rx)
         self.b1 = bytearray(1)
+        self.hdr = bytearray(5)  # a fixed header, or a field's length, on its way into `out`
+        self.pid = 0
         self.ack = bytearray(b"\x40\x02\0\0")
         self.rtype = -1  # first byte of the packet being read; -1: none begun
         self.rlen = -1  # its remaining length; -1: still being read
@@ -110,32 +87,11 @@ class Channel:
     def attach(self, poller):
         self.poller = poller
 
-    # --- umqtt.simple's view: the channel is its socket --------------------------------------
-    def connect(self, addr):
-        s = socket.socket()
-        self.s = s
-        s.setblocking(False)
-        try:
-            s.connect(addr)
-            self.tcp = True
-        except OSError as e:
-            if e.errno != errno.EINPROGRESS:
-                raise
-        self.waiting = True  # until the connect completes, CONNECT waits here
-        self.out_since = time.ticks_ms()
-        if self.poller is not None:
-            self.poller.register(s, _IN | _OUT)
-
-    def setblocking(self, flag):
-        pass
-
-    def read(self, n):
-        raise _Cut()
-
+    # --- encoding: each packet gathered in `out`, then sent by _flush() ------------------------
     def write(self, data, n=-1):
-        """Gather a packet's pieces (umqtt.simple writes each field apart) so that it leaves in one
-        segment: a header sent alone would wait for the peer's delayed ACK (Nagle). A piece larger
-        than the buffer, a payload, goes straight to the socket after what was gathered."""
+        """Gather a packet's pieces so that it leaves in one segment: a header sent alone would wait
+        for the peer's delayed ACK (Nagle). A piece larger than the buffer, a payload, goes straight
+        to the socket after what was gathered."""
         mv = memoryview(data)
         if n >= 0:
             mv = mv[:n]
@@ -151,7 +107,43 @@ class Channel:
             mv = mv[k:]
         self.out[self.out_n:self.out_n + m] = mv
         self.out_n += m
-        return len(mv)
+
+    def _head(self, first, size):
+        """A fixed header: the packet type and the length of what follows."""
+        h, i = self.hdr, 1
+        h[0] = first
+        while True:
+            h[i] = size & 0x7F | (0x80 if size > 0x7F else 0)
+            size >>= 7
+            i += 1
+            if not size:
+                break
+        self.write(h, i)
+
+    def _u16(self, n):
+        self.hdr[0], self.hdr[1] = n >> 8, n & 0xFF
+        self.write(self.hdr, 2)
+
+    def _field(self, b):
+        """A length-prefixed string (topic, client id, user)."""
+        self._u16(len(b))
+        self.write(b)
+
+    def _next_pid(self):
+        self.pid = self.pid % 0xFFFF + 1  # 1..65535: packet id 0 is invalid
+        return self.pid
+
+    def _connect_packet(self):
+        cid, user = self.client_id, self.user
+        self._head(0x10, 12 + len(cid) + (0 if user is None else 4 + len(user)))
+        self.write(b"\0\4MQTT\4")
+        self.hdr[0] = 0x02 if user is None else 0xC2  # clean session; user and (empty) password
+        self.hdr[1], self.hdr[2] = self.keepalive >> 8, self.keepalive & 0xFF
+        self.write(self.hdr, 3)
+        self._field(cid)
+        if user is not None:
+            self._field(user)
+            self._field(b"")
 
     # --- the loop's interface ----------------------------------------------------------------
     def service(self, now):
@@ -202,18 +194,17 @@ class Channel:
         unacknowledged (the caller keeps its data)."""
         if not (self.room() if qos else self.state == UP):
             return False
-        c = self.client
         try:
-            try:
-                c.publish(topic, payload, qos=qos)
-            except _Cut:  # QoS 1: umqtt.simple would now wait for the PUBACK; the reader takes it
-                self.inflight.append([c.pid, time.ticks_ms()])
+            self._head(0x30 | qos << 1, 2 + len(topic) + (2 if qos else 0) + len(payload))
+            self._field(topic)
+            if qos:  # the PUBACK comes through the reader
+                self._u16(self._next_pid())
+                self.inflight.append([self.pid, time.ticks_ms()])
+            self.write(payload)
             self._flush()
         except Exception as e:
             self._drop(e)
             return False
-        if c.pid >= 65535:  # umqtt.simple never wraps it, and packet id 0 is invalid
-            c.pid = 0
         return True
 
     def room(self):
@@ -222,31 +213,40 @@ class Channel:
 
     # --- connection --------------------------------------------------------------------------
     def _open(self, now):
-        c = simple.MQTTClient(self.client_id, self.host, self.port, user=self.user, password="",
-                              keepalive=self.keepalive)
-        c.set_callback(_unused)  # subscribe() asserts one; messages come through on_msg instead
-        self.client = c
+        """Start a connect: the socket's connect completes later (POLLOUT), CONNECT waits in `out`."""
         self.state = OPENING
         self.tcp = False
         self.until = time.ticks_add(now, self.timeout_ms)
-        _Net.channel = self
+        self.pid = 0
         try:
-            c.connect()
-        except _Cut:  # CONNECT queued; CONNACK comes through the reader
-            return
+            key = (self.host, self.port)
+            if key not in _addr:
+                _addr[key] = socket.getaddrinfo(self.host, self.port)[0][-1]
+            s = socket.socket()
+            self.s = s
+            s.setblocking(False)
+            self.waiting = True
+            self.out_since = now
+            self.poller.register(s, _IN | _OUT)
+            try:
+                s.connect(_addr[key])
+                self.tcp = True
+            except OSError as e:
+                if e.errno != errno.EINPROGRESS:
+                    raise
+            self._connect_packet()
         except Exception as e:
             self._drop(e)
 
     def _subscribe(self):
-        c = self.client
         self.subs = len(self.topics)
         self.until = time.ticks_add(time.ticks_ms(), self.timeout_ms)
         self.state = SUBSCRIBING
-        for t in self.topics:
-            try:
-                c.subscribe(t)
-            except _Cut:  # SUBACK comes through the reader
-                pass
+        for t in self.topics:  # at QoS 0; each SUBACK comes through the reader
+            self._head(0x82, 5 + len(t))
+            self._u16(self._next_pid())
+            self._field(t)
+            self.write(b"\0")
         self._flush()
         if not self.subs:
             self._up()
@@ -266,7 +266,7 @@ class Channel:
 
     def _drop(self, err):
         now = time.ticks_ms()
-        s, self.s, self.client = self.s, None, None
+        s, self.s = self.s, None
         if s is not None:
             try:
                 self.poller.unregister(s)
@@ -303,7 +303,7 @@ class Channel:
         if left > 0:
             return left
         try:
-            self.client.ping()
+            self.write(b"\xc0\0")  # PINGREQ
             self._flush()
             self.ping_sent = now
         except Exception as e:
@@ -397,7 +397,8 @@ class Channel:
             if self.state != OPENING:
                 raise OSError("protocol error: CONNACK")
             if rx[1]:
-                raise simple.MQTTException(rx[1])
+                self._drop("connection refused by broker (code %d)" % rx[1])
+                return
             self._subscribe()
             return
         elif t == 9 and self.state == SUBSCRIBING:
@@ -445,14 +446,8 @@ def _read(s, mv):
     return k
 
 
-def _unused(topic, msg):
-    pass
-
-
 def _describe(e):
     """A short, secret-free description of an error for logs and status."""
-    if isinstance(e, simple.MQTTException):
-        return "connection refused by broker (code %s)" % (e.args[0] if e.args else "?")
     if isinstance(e, OSError) and e.args and isinstance(e.args[0], int):
         return "socket error %s" % errno.errorcode.get(e.args[0], e.args[0])
     return "%s: %s" % (type(e).__name__, e.args[0] if e.args else "")
