@@ -10,7 +10,6 @@ import time
 import cfg
 import guard
 import hw
-from http import CORS
 
 VERSION = "1.0.0"
 VALUE_MAX = 64  # longest value text; keeps every response within its buffer
@@ -269,9 +268,9 @@ def _error(c, msg):
 
 
 def _no_stream(c, sid):
-    c.add(b'{"status":"error","code":"1026","message":')
-    c.add_str("Datastream '%s' no existe" % sid)
-    c.add(b"}")
+    c.add(b'{"status":"error","code":"1026","message":"Datastream \'')
+    c.add_str(sid, False)
+    c.add(b'\' no existe"}')
     c.finish(200)
 
 
@@ -325,7 +324,7 @@ def send_state(c):
     c.add(b'],"count":')
     c.add_int(len(STREAMS))
     c.add(b"}")
-    c.finish(200, extra=CORS)
+    c.finish(200)
 
 
 def send_data(c):
@@ -350,7 +349,7 @@ def send_data(c):
     c.add(b',"value":')
     add_value(c, value, True)
     c.add(b"}")
-    c.finish(200, extra=CORS)
+    c.finish(200)
 
 
 def set_datastream(c):
@@ -366,6 +365,8 @@ def set_datastream(c):
         return _no_stream(c, c.arg(b"idDataStream"))
     try:
         value = s.set(s.parse(comando))
+    except MemoryError:
+        raise  # the server answers 503: not the stream's fault
     except Exception as e:
         c.add(b'{"status":"error","code":"1027","message":')
         c.add_str("Error ejecutando comando: %s" % reason(e))
@@ -383,4 +384,4 @@ def set_datastream(c):
     c.add(b',"applied":true,"value":')
     add_value(c, value, False)
     c.add(b"}}")
-    c.finish(200, extra=CORS)
+    c.finish(200)
