@@ -352,6 +352,22 @@ def send_data(c):
     c.finish(200)
 
 
+def _body_value(body):
+    """The command a body {"value": ...} gives: its string, a number as text, true/false."""
+    try:
+        v = json.loads(body)
+    except ValueError:
+        raise ValueError("JSON no valido")
+    v = v.get("value") if isinstance(v, dict) else None
+    if v is True or v is False:
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, str):
+        return v
+    raise ValueError("falta value")
+
+
 def set_datastream(c):
     osid = c.arg_is(b"osid", _OSID_B)
     s = _arg_stream(c, b"idDataStream")
@@ -363,8 +379,11 @@ def set_datastream(c):
         return _error(c, _WRONG_OSID)
     if not s:
         return _no_stream(c, c.arg(b"idDataStream"))
+    # comando=set takes the value from a JSON body, as the automation service sends it. c.body()
+    # answers 411 (no Content-Length) or 413 (larger than the buffer) by itself.
+    body = c.body() if len(comando) == 3 and comando.lower() == "set" else None
     try:
-        value = s.set(s.parse(comando))
+        value = s.set(s.parse(comando if body is None else _body_value(body)))
     except MemoryError:
         raise  # the server answers 503: not the stream's fault
     except Exception as e:
