@@ -16,6 +16,7 @@ fi
 if [ "$status" = 0 ] && [ $# = 0 ]; then
     echo "test.sh: low-RAM profile: .mpy, heap ${LOWRAM_HEAP:-104K}"
     TEST_MPY=1 TEST_HEAP="${LOWRAM_HEAP:-104K}" "$bin/pytest" -q -p no:cacheprovider -k "not esp32" \
-        tests/test_api.py tests/test_telemetry.py tests/test_cfg_validation.py tests/test_units_mpy.py || status=$?
+        tests/test_api.py tests/test_http_faults.py tests/test_telemetry.py tests/test_cfg_validation.py \
+        tests/test_units_mpy.py || status=$?
 fi
 exit "$status"
