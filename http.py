@@ -501,26 +501,30 @@ class Server:
             for d in self.conns:
                 if d.state == _READ:
                     self._read(d, 0)
+                elif d.state == _LINGER:
+                    self._linger(d)
             c = self._free_or_slowest()
         return c
 
     def _free_or_slowest(self):
+        now = time.ticks_ms()
         oldest = lingering = None
         for c in self.conns:
             if c.state == _FREE:
                 return c
             if c.state == _LINGER:
-                lingering = c
+                if time.ticks_diff(c.linger_end, now) < _LINGER_MS - _EVICT_AFTER_MS:
+                    lingering = c  # answered, and still sending after _EVICT_AFTER_MS: it goes first
             elif c.state == _READ and (oldest is None or time.ticks_diff(c.deadline, oldest.deadline) < 0):
                 oldest = c
         if lingering is not None:
-            oldest = lingering  # answered already: lingering is a courtesy a newcomer outranks
-        elif oldest is None or time.ticks_diff(oldest.deadline, time.ticks_ms()) > self.timeout_ms - _EVICT_AFTER_MS:
+            self._close(lingering)
+            return lingering
+        if oldest is None or time.ticks_diff(oldest.deadline, now) > self.timeout_ms - _EVICT_AFTER_MS:
             return None
-        else:
-            self._answer_now(oldest, 408, b"Request timeout")
+        self._answer_now(oldest, 408, b"Request timeout")
         if oldest.state != _FREE:
-            self._close(oldest)  # it is not reading, or lingers: it gets no more time
+            self._close(oldest)  # its window is full: it is not reading, and it gets no more time
         return oldest
 
     def _read(self, c, ev):

@@ -228,7 +228,7 @@ def test_an_early_answer_drains_the_rest_of_the_request_before_the_close():
     assert p.closed and s.busy == 0
 
 
-def test_a_complete_request_is_closed_at_once_and_a_newcomer_outranks_a_lingering_peer():
+def test_a_complete_request_is_closed_at_once_and_a_newcomer_outranks_a_long_lingering_peer():
     s = server(slots=1)
     p = arrive(s, Sock(reads=[REQ]))
     s.handle(p, http._IN)
@@ -236,6 +236,9 @@ def test_a_complete_request_is_closed_at_once_and_a_newcomer_outranks_a_lingerin
     slow = arrive(s, Sock(reads=[b"GET /" + b"a" * 1019]))  # fills the 1024 B buffer
     s.handle(slow, http._IN)
     assert slow.sent.startswith(b"HTTP/1.0 414 ") and not slow.closed
+    late = arrive(s, Sock())  # slow has lingered for less than 250 ms: it keeps its slot
+    assert late.closed and late.sent.startswith(b"HTTP/1.0 503 ") and not slow.closed
+    s.conns[0].linger_end = time.ticks_add(time.ticks_ms(), 2000 - 300)  # lingering for 300 ms
     new = arrive(s, Sock(reads=[REQ]))
     assert slow.closed and not new.closed and s.busy == 1
     s.handle(new, http._IN)
