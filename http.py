@@ -16,6 +16,7 @@ _ERR = select.POLLERR | select.POLLHUP
 _FREE = const(0)
 _READ = const(1)
 _WRITE = const(2)
+_LINGER = const(3)  # answered; taking what the peer still sends before the close
 
 # The body is written from here on; the headers are then placed right before it.
 HEAD_ROOM = const(256)
@@ -23,6 +24,23 @@ HEAD_ROOM = const(256)
 # A connection keeps its slot at least this long while its request comes in: long enough for a
 # client on a slow WiFi link, short next to the read timeout (see Server._slot).
 _EVICT_AFTER_MS = const(250)
+
+# After an answer sent before the whole request was read (an early 400/413/414/431, a body the
+# route ignores), the input is drained before the close: closing with unread data makes the kernel
+# reset the connection, and the peer, still sending, could lose the answer. MicroPython's sockets
+# have no shutdown() (neither the ESP32 nor the unix port), so the peer sees the end of the answer
+# at the close: draining stops when the request is over (its Content-Length, or the blank line that
+# ends an over-long head), when the peer closes, after _QUIET_MS without a byte, or at _LINGER_MS.
+_LINGER_MS = const(2000)
+_QUIET_MS = const(200)
+
+# Listen backlog. Linux (the host) keeps this many handshaken connections for accept(): 32 takes a
+# burst of 30 clients at once (with 4, the rest had their SYNs dropped and waited 1-3 s for the
+# retransmit). lwIP on the ESP32 honours the backlog too (ESP-IDF builds it with
+# TCP_LISTEN_BACKLOG), but posts each new connection to an accept mailbox of
+# CONFIG_LWIP_TCP_ACCEPTMBOX_SIZE (6 by default) and resets any that does not fit: there a backlog
+# above 6 would turn the client's slow retry into a refused connection, so it stays at 6.
+_BACKLOG = 6 if sys.platform == "esp32" else 32
 
 GET = const(1)
 HEAD = const(2)
@@ -43,6 +61,7 @@ _STATUS = {
     404: b"HTTP/1.0 404 Not Found\r\n",
     405: b"HTTP/1.0 405 Method Not Allowed\r\n",
     408: b"HTTP/1.0 408 Request Timeout\r\n",
+    411: b"HTTP/1.0 411 Length Required\r\n",
     413: b"HTTP/1.0 413 Payload Too Large\r\n",
     414: b"HTTP/1.0 414 URI Too Long\r\n",
     431: b"HTTP/1.0 431 Request Header Fields Too Large\r\n",
@@ -58,15 +77,18 @@ def canned(status, message, extra=b""):
         _STATUS[status], JSON, CORS, extra, len(body), body)
 
 
-BAD_REQUEST = canned(400, b"Bad request")
-_TIMEOUT = canned(408, b"Request timeout")
-_URI_TOO_LONG = canned(414, b"URI too long")
-_HEADERS_TOO_LARGE = canned(431, b"Request header fields too large")
-_INTERNAL = canned(500, b"Internal error")
-_FULL = canned(503, b"Service unavailable")
+_FULL = canned(503, b"Service unavailable")  # for a connection no slot takes (the others: Conn.error)
+
+
+_HEX = b"0123456789abcdef"
+
 
 class BadRequest(Exception):
     pass
+
+
+class Refused(Exception):
+    """Raised while answering a request: Refused(status, message) is sent instead (Conn.error)."""
 
 
 def _hex(c):
@@ -145,17 +167,40 @@ class Writer:
         """Append `s` (str, or UTF-8 bytes) as a JSON string literal; without quote, only its
         escaped inside (to continue a string already opened)."""
         data = s.encode() if isinstance(s, str) else s
+        if quote:
+            self.add(b'"')
         for c in data:
             if c < 32 or c == 34 or c == 92:  # control, '"', '\\'
-                import json  # rare path: let json escape it
-
-                data = json.dumps(data.decode()).encode()[1:-1]
+                self._escaped(data)
                 break
+        else:
+            self.add(data)
         if quote:
             self.add(b'"')
-        self.add(data)
-        if quote:
-            self.add(b'"')
+
+    def _escaped(self, data):
+        # Escaped byte by byte straight into the buffer: nothing is allocated, however many bytes
+        # need it (a request full of %01 once cost a MemoryError here on a small heap).
+        buf, p, last = self.buf, self.pos, len(self.buf) - 6  # room for the longest escape
+        for c in data:
+            if p > last:
+                self.overflow = True
+                return
+            if c >= 32 and c != 34 and c != 92:
+                buf[p] = c
+                p += 1
+            elif c >= 32 or c == 10 or c == 13 or c == 9:  # '"', '\\' and the short escapes
+                buf[p] = 92
+                buf[p + 1] = c if c >= 32 else 110 if c == 10 else 114 if c == 13 else 116
+                p += 2
+            else:
+                buf[p] = 92
+                buf[p + 1] = 117  # "\\u00XX"
+                buf[p + 2] = buf[p + 3] = 48
+                buf[p + 4] = _HEX[c >> 4]
+                buf[p + 5] = _HEX[c & 15]
+                p += 6
+        self.pos = p
 
 
 class Conn(Writer):
@@ -171,7 +216,12 @@ class Conn(Writer):
         self.path = 0  # request target spans, as offsets into buf
         self.query = 0
         self.end = 0  # end of the request target
-        self.head_end = 0  # end of the header block
+        self.head_end = 0  # end of the header block (0 until the head is complete)
+        self.body_at = 0  # where the body starts
+        self.clen = -1  # Content-Length: -1 when absent, -2 when malformed
+        self.rest = 0  # bytes of the request still to come (a body not read); -1: unknown
+        self.tail = 0  # last 3 bytes read while lingering, to see a blank line end the head
+        self.linger_end = self.deadline
         self.va = 0  # span of the last argument found
         self.vb = 0
         self.head_only = False
@@ -253,12 +303,16 @@ class Conn(Writer):
 
     def header(self, name):
         """Value of header `name` (lower-case bytes, e.g. b"authorization") as bytes, or None."""
+        return bytes(self.mv[self.va:self.vb]) if self._header(name) else None
+
+    def _header(self, name):
+        """Locate the first header `name`: its value's span, trimmed, in self.va/self.vb."""
         buf, k = self.buf, len(name)
         i = buf.find(b"\n", 0, self.head_end) + 1
         while 0 < i < self.head_end:
             eol = buf.find(b"\n", i, self.head_end)
             if eol < 0:
-                return None
+                return False
             if eol - i > k and buf[i + k] == 58:  # ":"
                 j = 0
                 while j < k and buf[i + j] | 0x20 == name[j]:
@@ -269,9 +323,24 @@ class Conn(Writer):
                         a += 1
                     while b > a and buf[b - 1] in b" \t\r":
                         b -= 1
-                    return bytes(self.mv[a:b])
+                    self.va, self.vb = a, b
+                    return True
             i = eol + 1
-        return None
+        return False
+
+    def body(self):
+        """The request body, a memoryview into the buffer (valid until the answer is written).
+        Raises Refused: 411 without a Content-Length, 413 when it does not fit the buffer."""
+        n = self.clen
+        if n < 0:
+            if self._header(b"transfer-encoding"):  # a chunked body: drained up to its last chunk
+                self.rest = -1
+                self.tail = 0
+                _tail(self, self.n if self.n > self.body_at else 0)
+            raise Refused(411, b"Length required")
+        if self.body_at + n > len(self.buf):
+            raise Refused(413, b"Payload too large")
+        return self.mv[self.body_at:self.body_at + n]
 
     # --- response ---------------------------------------------------------------------------
     def finish(self, status, ctype=JSON, extra=b""):
@@ -280,11 +349,13 @@ class Conn(Writer):
         if self.overflow:
             # Buffers are sized for the largest SendState, so only request text echoed back (a
             # long id full of escaped bytes) can overflow: the request was too long for the device.
-            self.send_const(_URI_TOO_LONG)
+            self.error(414, b"URI too long")
             return
         blen = self.pos - HEAD_ROOM
         p = self._before(HEAD_ROOM, b"Connection: close\r\n\r\n")
         p = self._before(p, extra)
+        if ctype is JSON:
+            p = self._before(p, CORS)  # on every JSON answer, errors too, as the original did
         if ctype:
             p = self._before(p, b"\r\n")
             n = blen
@@ -304,6 +375,16 @@ class Conn(Writer):
         start = end - len(data)
         self.buf[start:end] = data
         return start
+
+    def error(self, status, message, extra=b""):
+        """Answer with API.md's JSON error {"status":"error","message":<message>}. Written into the
+        buffer like any answer: error answers cost no heap while the device waits."""
+        self.pos = HEAD_ROOM
+        self.overflow = False
+        self.add(b'{"status":"error","message":"')
+        self.add(message)
+        self.add(b'"}')
+        self.finish(status, JSON, extra)
 
     def send_const(self, data):
         """Send a complete prebuilt response (bytes) as the answer."""
@@ -326,7 +407,7 @@ class Server:
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(socket.getaddrinfo(host, port)[0][-1])
-        s.listen(slots)
+        s.listen(_BACKLOG)
         s.setblocking(False)
         self.lsock = s
         self.poller = None
@@ -345,7 +426,7 @@ class Server:
             left = time.ticks_diff(c.deadline, now)
             if left <= 0:
                 if c.state == _READ and c.n:
-                    self._answer_now(c, _TIMEOUT)
+                    self._answer_now(c, 408, b"Request timeout")
                 else:
                     self._close(c)
             elif wait < 0 or left < wait:
@@ -359,20 +440,21 @@ class Server:
             return True
         for c in self.conns:
             if c.sock is obj:
-                if c.state == _READ:
+                if ev & _ERR and c.state != _READ:
+                    self._close(c)
+                elif c.state == _READ:
                     self._read(c, ev)
                 elif c.state == _WRITE:
-                    if ev & _ERR:
-                        self._close(c)
-                    else:
-                        self._write(c)
+                    self._write(c)
+                elif c.state == _LINGER:
+                    self._linger(c)
                 self._admit()
                 return True
         return False
 
     def _accept(self):
-        # Empty the (small) listen backlog each round: a full backlog drops new connections
-        # silently, and their clients wait a second or more before trying again.
+        # Empty the listen backlog each round: a full backlog drops new connections silently, and
+        # their clients wait a second or more before trying again (see _BACKLOG).
         for _ in range(len(self.conns) + self.queue + 1):
             try:
                 sock, _ = self.lsock.accept()
@@ -399,6 +481,8 @@ class Server:
         c.sock = sock
         c.state = _READ
         c.n = 0
+        c.head_end = 0
+        c.head_only = False
         c.deadline = time.ticks_add(time.ticks_ms(), self.timeout_ms)
         self.poller.register(sock, _IN)
         self.busy += 1
@@ -417,19 +501,28 @@ class Server:
             for d in self.conns:
                 if d.state == _READ:
                     self._read(d, 0)
+                elif d.state == _LINGER:
+                    self._linger(d)
             c = self._free_or_slowest()
         return c
 
     def _free_or_slowest(self):
-        oldest = None
+        now = time.ticks_ms()
+        oldest = lingering = None
         for c in self.conns:
             if c.state == _FREE:
                 return c
-            if c.state == _READ and (oldest is None or time.ticks_diff(c.deadline, oldest.deadline) < 0):
+            if c.state == _LINGER:
+                if time.ticks_diff(c.linger_end, now) < _LINGER_MS - _EVICT_AFTER_MS:
+                    lingering = c  # answered, and still sending after _EVICT_AFTER_MS: it goes first
+            elif c.state == _READ and (oldest is None or time.ticks_diff(c.deadline, oldest.deadline) < 0):
                 oldest = c
-        if oldest is None or time.ticks_diff(oldest.deadline, time.ticks_ms()) > self.timeout_ms - _EVICT_AFTER_MS:
+        if lingering is not None:
+            self._close(lingering)
+            return lingering
+        if oldest is None or time.ticks_diff(oldest.deadline, now) > self.timeout_ms - _EVICT_AFTER_MS:
             return None
-        self._answer_now(oldest, _TIMEOUT)
+        self._answer_now(oldest, 408, b"Request timeout")
         if oldest.state != _FREE:
             self._close(oldest)  # its window is full: it is not reading, and it gets no more time
         return oldest
@@ -447,16 +540,21 @@ class Server:
             self._close(c)  # the peer gave up before a complete request
             return
         old, c.n = c.n, c.n + k
-        buf, n = c.buf, c.n
-        start = old - 3 if old > 3 else 0
-        end = buf.find(b"\n\r\n", start, n)
-        if end < 0:
-            end = buf.find(b"\n\n", start, n)
-        if end < 0:
-            if n == len(buf):
-                self._answer_now(c, _HEADERS_TOO_LARGE if buf.find(b"\n", 0, n) >= 0 else _URI_TOO_LONG)
-            return
-        c.head_end = end + 1
+        n = c.n
+        if not c.head_end:
+            if not _head(c, old - 2 if old > 2 else 0):
+                if n == len(c.buf):
+                    if c.buf.find(b"\n", 0, n) >= 0:
+                        self._answer_now(c, 431, b"Request header fields too large")
+                    else:
+                        self._answer_now(c, 414, b"URI too long")
+                return
+        end = c.body_at + c.clen
+        if n < end <= len(c.buf):
+            return  # the body fits the buffer and is still coming (within the deadline)
+        c.rest = end - n if n < end else 0
+        if c.clen < -1:
+            _unknown_rest(c)  # a malformed Content-Length: 400, and no knowing where the body ends
         self._respond(c)
 
     def _respond(self, c):
@@ -467,17 +565,29 @@ class Server:
             _parse(c)
             self.handler(c)
         except BadRequest:
-            c.send_const(BAD_REQUEST)
+            c.error(400, b"Bad request")
+        except Refused as e:
+            c.error(*e.args)
+        except MemoryError:
+            # No traceback: printing one needs memory too. The device goes on serving.
+            print("http: out of memory, 503")
+            c.error(503, b"Service unavailable")
         except Exception as e:  # a handler's bug costs this request, never the connection slot
             sys.print_exception(e)
-            c.send_const(_INTERNAL)
+            c.error(500, b"Internal error")
         self.served += 1
         c.state = _WRITE
         c.deadline = time.ticks_add(time.ticks_ms(), self.timeout_ms)
         self._write(c)
 
-    def _answer_now(self, c, data):
-        c.send_const(data)
+    def _answer_now(self, c, status, message):
+        """Answer before the request is complete. After an error, the rest of the request is
+        drained once the answer is out; a client too slow for the deadline (408) is not waited for."""
+        if status == 408:
+            c.rest = 0
+        else:
+            _unknown_rest(c)
+        c.error(status, message)
         c.state = _WRITE
         self._write(c)
 
@@ -495,17 +605,50 @@ class Server:
         if c.pos < c.out_end:
             self.poller.modify(c.sock, _OUT)  # the peer's window is full: wait for it
             return
-        self._close(c)
+        c.out = None
+        c.state = _LINGER
+        c.linger_end = time.ticks_add(time.ticks_ms(), _LINGER_MS)
+        self._linger(c)
+
+    def _linger(self, c):
+        """Drain what the peer sends past the request answered; close once that is over, else
+        wait for more: _QUIET_MS at most each time, never past linger_end."""
+        if self._drained(c):
+            self._close(c)
+            return
+        self.poller.modify(c.sock, _IN)
+        c.deadline = time.ticks_add(time.ticks_ms(), _QUIET_MS)
+        if time.ticks_diff(c.linger_end, c.deadline) < 0:
+            c.deadline = c.linger_end
+
+    def _drained(self, c):
+        """Read and drop what the peer sent past the request we answered; True once it is all in
+        (or the peer closed or reset). c.rest counts the bytes still due, or is -1 when unknown:
+        then the request is over when what came last is the blank line that ends a head."""
+        for _ in range(8):  # a bounded share of the loop per event, however fast the peer sends
+            try:
+                k = c.sock.readinto(c.buf)
+            except OSError as e:
+                if e.errno != EAGAIN:
+                    return True
+                break
+            if k is None:
+                break
+            if not k:
+                return True
+            if c.rest >= 0:
+                c.rest = c.rest - k if c.rest > k else 0
+            else:
+                _tail(c, k)
+        else:
+            return False  # more is waiting: the next poll round takes it
+        if c.rest < 0:
+            t = c.tail
+            return t & 0xFFFF == 0x0A0A or t == 0x0A0D0A  # "\n\n" or "\n\r\n"
+        return c.rest == 0
 
     def _close(self, c):
         sock = c.sock
-        if c.state == _WRITE:
-            # Take what the peer still sent (a body we ignore): closing with unread data makes
-            # the kernel reset the connection, and the peer could lose the answer.
-            try:
-                sock.readinto(c.mv)
-            except OSError:
-                pass
         c.sock = None
         c.state = _FREE
         c.out = None
@@ -530,6 +673,72 @@ def _reject(sock):
     sock.close()
 
 
+def _tail(c, n):
+    """Keep the last 3 of the n bytes in the buffer (after those kept before) in c.tail."""
+    t = c.tail
+    for i in range(n - 3 if n > 3 else 0, n):
+        t = (t << 8 | c.buf[i]) & 0xFFFFFF
+    c.tail = t
+
+
+def _unknown_rest(c):
+    """The request is answered before its end could be known: drain until a blank line ends it."""
+    c.rest = -1
+    c.tail = 0
+    _tail(c, c.n)
+
+
+def _head(c, start):
+    """True once the request head is complete: its end is the earliest blank line ("\n\n" or
+    "\n\r\n", whichever comes first; never one inside the body). Sets head_end, body_at and clen
+    (Content-Length: -1 when absent, -2 when it is not a number). `start`: where to search from."""
+    buf, n = c.buf, c.n
+    e = buf.find(b"\n\r\n", start, n)
+    f = buf.find(b"\n\n", start, e + 1 if e >= 0 else n)
+    if f >= 0:
+        e, skip = f, 2
+    elif e >= 0:
+        skip = 3
+    else:
+        return False
+    c.head_end = e + 1
+    c.body_at = e + skip
+    c.clen = -1
+    if c._header(b"content-length"):
+        a, b = c.va, c.vb
+        v = 0 if a < b else -2
+        while a < b:
+            d = buf[a] - 48
+            if d < 0 or d > 9:
+                v = -2
+                break
+            if v < 100000000:  # past any buffer already: stays a small int
+                v = v * 10 + d
+            a += 1
+        c.clen = v
+    return True
+
+
+def _absolute(buf, a, end):
+    """Where the path starts in an absolute-form target, "http://host[:port]/path?query" (RFC 9112
+    3.2.2: served as the path it names; the scheme may be http or https, in any case; the
+    authority is skipped). The path may be empty ("http://host?q"): no route has that one."""
+    i = buf.find(b"://", a, end)
+    k = i - a  # the scheme's length
+    if not 4 <= k <= 5:
+        raise BadRequest()
+    for j in range(k):
+        if buf[a + j] | 0x20 != b"https"[j]:
+            raise BadRequest()
+    i += 3
+    p = i
+    while p < end and buf[p] != 47 and buf[p] != 63:  # up to "/" or "?"
+        p += 1
+    if p == i:
+        raise BadRequest()  # no host
+    return p
+
+
 def _parse(c):
     """Split the request line in place: method, path, query; raise BadRequest if the line is
     malformed or a header holds control bytes."""
@@ -550,9 +759,11 @@ def _parse(c):
     a = sp + 1
     sp2 = buf.find(b" ", a, line_end)
     v = sp2 + 1  # "HTTP/d.d" and the end of the line
-    if (sp2 < 0 or buf[a] != 47 or line_end - v != 8 or buf.find(b"HTTP/", v, line_end) != v  # "/"
-            or not 48 <= buf[v + 5] <= 57 or buf[v + 6] != 46 or not 48 <= buf[v + 7] <= 57):
+    if (sp2 < 0 or line_end - v != 8 or buf.find(b"HTTP/", v, line_end) != v
+            or not 48 <= buf[v + 5] <= 57 or buf[v + 6] != 46 or not 48 <= buf[v + 7] <= 57
+            or c.clen < -1):
         raise BadRequest()
+    path = a if buf[a] == 47 else _absolute(buf, a, sp2)  # "/"
     i = a
     while i < sp2:
         ch = buf[i]
@@ -567,8 +778,8 @@ def _parse(c):
         if (ch < 32 and ch != 9 and ch != 10 and ch != 13) or ch == 127:
             raise BadRequest()
         i += 1
-    q = buf.find(b"?", a, sp2)
-    c.path = a
+    q = buf.find(b"?", path, sp2)
+    c.path = path
     c.query = q if q >= 0 else sp2
     c.end = sp2
     c.head_only = c.method == HEAD

@@ -2,10 +2,9 @@
 # (404, 405 with Allow, OPTIONS, HEAD, the optional token on mutating routes).
 import cfg
 import streams
-from http import CORS, GET, HEAD, OPTIONS, POST, TEXT, canned
+from http import CORS, GET, HEAD, OPTIONS, POST, TEXT
 
 _NOT_FOUND = b"HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 9\r\nConnection: close\r\n\r\nNot found"
-_UNAUTHORIZED = canned(401, b"No autorizado", b"WWW-Authenticate: Bearer\r\n")
 _TOKEN = cfg.API_TOKEN.encode()
 _LOCK_READS = getattr(cfg, "API_TOKEN_READS", False)  # a board's cfg.py older than this key works
 
@@ -66,7 +65,7 @@ def handle(c):
                  b"Access-Control-Allow-Headers: Authorization\r\n" % (allow, CORS, allow))
     elif m == method or (m == HEAD and method == GET):
         if (method == POST or _LOCK_READS) and not authorized(c):
-            c.send_const(_UNAUTHORIZED)
+            c.error(401, b"No autorizado", b"WWW-Authenticate: Bearer\r\n")
         else:
             handler(c)
     else:

@@ -10,7 +10,6 @@ import time
 import cfg
 import guard
 import hw
-from http import CORS
 
 VERSION = "1.0.0"
 VALUE_MAX = 64  # longest value text; keeps every response within its buffer
@@ -269,9 +268,9 @@ def _error(c, msg):
 
 
 def _no_stream(c, sid):
-    c.add(b'{"status":"error","code":"1026","message":')
-    c.add_str("Datastream '%s' no existe" % sid)
-    c.add(b"}")
+    c.add(b'{"status":"error","code":"1026","message":"Datastream \'')
+    c.add_str(sid, False)
+    c.add(b'\' no existe"}')
     c.finish(200)
 
 
@@ -325,7 +324,7 @@ def send_state(c):
     c.add(b'],"count":')
     c.add_int(len(STREAMS))
     c.add(b"}")
-    c.finish(200, extra=CORS)
+    c.finish(200)
 
 
 def send_data(c):
@@ -350,7 +349,23 @@ def send_data(c):
     c.add(b',"value":')
     add_value(c, value, True)
     c.add(b"}")
-    c.finish(200, extra=CORS)
+    c.finish(200)
+
+
+def _body_value(body):
+    """The command a body {"value": ...} gives: its string, a number as text, true/false."""
+    try:
+        v = json.loads(body)
+    except ValueError:
+        raise ValueError("JSON no valido")
+    v = v.get("value") if isinstance(v, dict) else None
+    if v is True or v is False:
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, str):
+        return v
+    raise ValueError("falta value")
 
 
 def set_datastream(c):
@@ -364,8 +379,13 @@ def set_datastream(c):
         return _error(c, _WRONG_OSID)
     if not s:
         return _no_stream(c, c.arg(b"idDataStream"))
+    # comando=set takes the value from a JSON body, as the automation service sends it. c.body()
+    # answers 411 (no Content-Length) or 413 (larger than the buffer) by itself.
+    body = c.body() if len(comando) == 3 and comando.lower() == "set" else None
     try:
-        value = s.set(s.parse(comando))
+        value = s.set(s.parse(comando if body is None else _body_value(body)))
+    except MemoryError:
+        raise  # the server answers 503: not the stream's fault
     except Exception as e:
         c.add(b'{"status":"error","code":"1027","message":')
         c.add_str("Error ejecutando comando: %s" % reason(e))
@@ -383,4 +403,4 @@ def set_datastream(c):
     c.add(b',"applied":true,"value":')
     add_value(c, value, False)
     c.add(b"}}")
-    c.finish(200, extra=CORS)
+    c.finish(200)

@@ -8,7 +8,7 @@ def conn(raw, size=1024):
     c = http.Conn(size)
     c.buf[0:len(raw)] = raw
     c.n = len(raw)
-    c.head_end = raw.find(b"\n\r\n") + 1 if raw.find(b"\n\r\n") >= 0 else raw.find(b"\n\n") + 1
+    http._head(c, 0)
     c.pos = http.HEAD_ROOM
     http._parse(c)
     return c

@@ -1,6 +1,6 @@
 # The request parser, in place on the connection buffer.
 import http
-from reqs import conn, raises
+from reqs import conn, raises, sent
 
 
 def test_methods():
@@ -72,4 +72,49 @@ def test_response_overflow_is_414_not_a_crash():
     assert not c.overflow
     c.add(b"y" * 100)
     c.finish(200)
-    assert bytes(c.out).startswith(b"HTTP/1.0 414")
+    assert sent(c).startswith(b"HTTP/1.0 414")
+
+
+def test_head_ends_at_the_earliest_blank_line():
+    c = conn(b"POST /p HTTP/1.0\nContent-Length: 6\n\nab\r\n\r\n")
+    assert c.body_at == len(b"POST /p HTTP/1.0\nContent-Length: 6\n\n") and c.clen == 6
+    assert bytes(c.body()) == b"ab\r\n\r\n"
+    c = conn(b"GET /p HTTP/1.0\r\nX: 1\r\n\r\nq\n\nz")
+    assert c.body_at == len(b"GET /p HTTP/1.0\r\nX: 1\r\n\r\n") and c.clen == -1
+    raises(http.Refused, c.body)  # 411: no Content-Length
+    c = conn(b"POST /p HTTP/1.0\r\ncontent-length:  3 \r\n\r\nabc")
+    assert bytes(c.body()) == b"abc"
+    raises(http.BadRequest, conn, b"POST /p HTTP/1.0\r\nContent-Length: 1e3\r\n\r\n")
+    raises(http.BadRequest, conn, b"POST /p HTTP/1.0\r\nContent-Length: -1\r\n\r\n")
+    c = conn(b"POST /p HTTP/1.0\r\nContent-Length: 99999999999999\r\n\r\n")
+    assert c.clen > 1 << 20
+    raises(http.Refused, c.body)  # 413: larger than the buffer
+
+
+def test_absolute_form_targets():
+    for raw in (b"GET http://h/Datastreams/health?a=1 HTTP/1.1\r\n\r\n", b"GET HTTPS://h:80/Datastreams/health?a=1 HTTP/1.1\r\n\r\n"):
+        c = conn(raw)
+        assert c.is_path(b"/Datastreams/health", False) and c.arg(b"a") == "1", raw
+    c = conn(b"GET http://h?a=1 HTTP/1.1\r\n\r\n")
+    assert not c.is_path(b"/", True) and c.arg(b"a") == "1"
+    for bad in (b"ftp://h/", b"http:/h/", b"http:///p", b"httpss://h/", b"h", b"*", b"http//h/"):
+        raises(http.BadRequest, conn, b"GET " + bad + b" HTTP/1.1\r\n\r\n")
+
+
+def test_escaping_allocates_nothing():
+    import gc
+    import json
+
+    w = http.Writer(4096)
+    data = b"\x01" * 250 + b'"q\\\n\t\x1f\xc3\xba'
+    gc.collect()
+    gc.disable()
+    a = gc.mem_alloc()
+    w.add_str(data)
+    b = gc.mem_alloc()
+    gc.enable()
+    assert b == a, b - a
+    assert json.loads(bytes(w.buf[:w.pos])) == data.decode()
+    w = http.Writer(100)
+    w.add_str(b"\x01" * 30)
+    assert w.overflow

@@ -196,3 +196,50 @@ def test_deadline_frees_silent_and_slow_slots():
     assert quiet.closed and quiet.sent == b""
     assert slow.closed and slow.sent.startswith(b"HTTP/1.0 408 ")
     assert s.busy == 0 and s.service(time.ticks_ms()) == -1
+
+
+def test_an_early_answer_drains_the_rest_of_the_request_before_the_close():
+    s = server(slots=1)
+    line = b"GET /x?" + b"a" * 2000 + b" HTTP/1.0\r\n\r\n"
+    p = arrive(s, Sock(reads=[line[:1024], line[1024:1500], None]))
+    s.handle(p, http._IN)  # the buffer is full: 414 at once, the rest read and dropped
+    assert p.sent.startswith(b"HTTP/1.0 414 ") and not p.closed and s.busy == 1
+    assert s.poller.mask[id(p)] == http._IN
+    p.reads = [line[1500:1990], None]
+    s.handle(p, http._IN)
+    assert not p.closed  # the head has not ended yet
+    p.reads = [line[1990:], None]
+    s.handle(p, http._IN)
+    assert p.closed and s.busy == 0  # its blank line came: the request is over
+    # A body of known length is drained to its end; a peer that stops sending is closed when it
+    # has been quiet, and never later than the linger bound.
+    body = b"x" * 3000
+    req = b"POST /x HTTP/1.0\r\nContent-Length: %d\r\n\r\n" % len(body)
+    p = arrive(s, Sock(reads=[req + body[:500], body[500:2000], None]))
+    s.handle(p, http._IN)
+    assert p.sent.startswith(b"HTTP/1.0 200 ") and not p.closed
+    p.reads = [body[2000:], None]
+    s.handle(p, http._IN)
+    assert p.closed and s.busy == 0
+    p = arrive(s, Sock(reads=[req + body[:500], None]))
+    s.handle(p, http._IN)
+    assert not p.closed and 0 < s.service(time.ticks_ms()) <= 200
+    s.service(time.ticks_add(time.ticks_ms(), 250))
+    assert p.closed and s.busy == 0
+
+
+def test_a_complete_request_is_closed_at_once_and_a_newcomer_outranks_a_long_lingering_peer():
+    s = server(slots=1)
+    p = arrive(s, Sock(reads=[REQ]))
+    s.handle(p, http._IN)
+    assert p.closed and s.busy == 0
+    slow = arrive(s, Sock(reads=[b"GET /" + b"a" * 1019]))  # fills the 1024 B buffer
+    s.handle(slow, http._IN)
+    assert slow.sent.startswith(b"HTTP/1.0 414 ") and not slow.closed
+    late = arrive(s, Sock())  # slow has lingered for less than 250 ms: it keeps its slot
+    assert late.closed and late.sent.startswith(b"HTTP/1.0 503 ") and not slow.closed
+    s.conns[0].linger_end = time.ticks_add(time.ticks_ms(), 2000 - 300)  # lingering for 300 ms
+    new = arrive(s, Sock(reads=[REQ]))
+    assert slow.closed and not new.closed and s.busy == 1
+    s.handle(new, http._IN)
+    assert new.sent.startswith(b"HTTP/1.0 200 ") and new.closed
