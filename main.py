@@ -38,16 +38,18 @@ def _safe_routes():
 
 
 def run():
+    size = max(cfg.HTTP_BUF, http.HEAD_ROOM + streams.body_max())
+    # The slot buffers first, the largest blocks, while the heap is least fragmented: the imports'
+    # leftovers are collected, and nothing else has been placed yet.
+    gc.collect()
+    server = http.Server(router.handle, cfg.HTTP_BIND, cfg.HTTP_PORT, cfg.HTTP_SLOTS, size, cfg.HTTP_TIMEOUT_MS,
+                         getattr(cfg, "HTTP_QUEUE", 3))  # a board's cfg.py older than this key works
     wifi = Wifi()
     telemetry = thingsboard.Telemetry(wifi.ip)
     if guard.SAFE:
         _safe_routes()
     router.setup(telemetry)
     streams.restore()
-    size = max(cfg.HTTP_BUF, http.HEAD_ROOM + streams.body_max())
-    gc.collect()  # the imports' leftovers go first: the slot buffers need whole free blocks
-    server = http.Server(router.handle, cfg.HTTP_BIND, cfg.HTTP_PORT, cfg.HTTP_SLOTS, size, cfg.HTTP_TIMEOUT_MS,
-                         getattr(cfg, "HTTP_QUEUE", 3))  # a board's cfg.py older than this key works
     poller = select.poll()
     server.attach(poller)
     telemetry.attach(poller)
