@@ -66,7 +66,6 @@ class Channel:
         self.rx = bytearray(rx_size)
         self.rmv = memoryview(self.rx)
         self.b1 = bytearray(1)
-        self.hdr = bytearray(5)  # a fixed header, or a field's length, on its way into `out`
         self.pid = 0
         self.ack = bytearray(b"\x40\x02\0\0")
         self.rtype = -1  # first byte of the packet being read; -1: none begun
@@ -88,41 +87,50 @@ class Channel:
         self.poller = poller
 
     # --- encoding: each packet gathered in `out`, then sent by _flush() ------------------------
-    def write(self, data, n=-1):
+    def write(self, data):
         """Gather a packet's pieces so that it leaves in one segment: a header sent alone would wait
         for the peer's delayed ACK (Nagle). A piece larger than the buffer, a payload, goes straight
-        to the socket after what was gathered."""
-        mv = memoryview(data)
-        if n >= 0:
-            mv = mv[:n]
-        m = len(mv)
+        to the socket after what was gathered. Slices are assigned, never copied into new objects:
+        a publish allocates nothing here."""
+        m = len(data)
         if self.out_n + m > _OUT_BUF:
             self._flush()
-            k = 0
-            if self.tcp and not self.out_n:
-                k = self.s.write(mv) or 0  # None: the socket takes nothing now
-            m -= k
             if self.out_n + m > _OUT_BUF:
-                raise OSError(errno.ENOBUFS)  # the broker does not read: dropped, data kept by the caller
-            mv = mv[k:]
-        self.out[self.out_n:self.out_n + m] = mv
+                if self.out_n or not self.tcp:
+                    raise OSError(errno.ENOBUFS)  # the broker does not read: dropped, data kept by the caller
+                k = self.s.write(data) or 0  # None: the socket takes nothing now
+                m -= k
+                if m > _OUT_BUF:
+                    raise OSError(errno.ENOBUFS)
+                data = memoryview(data)[k:]
+        self.out[self.out_n:self.out_n + m] = data
         self.out_n += m
+
+    def _room(self, m):
+        if self.out_n + m > _OUT_BUF:
+            self._flush()
+            if self.out_n + m > _OUT_BUF:
+                raise OSError(errno.ENOBUFS)
 
     def _head(self, first, size):
         """A fixed header: the packet type and the length of what follows."""
-        h, i = self.hdr, 1
-        h[0] = first
+        self._room(5)
+        out, p = self.out, self.out_n
+        out[p] = first
         while True:
-            h[i] = size & 0x7F | (0x80 if size > 0x7F else 0)
+            p += 1
+            out[p] = size & 0x7F | (0x80 if size > 0x7F else 0)
             size >>= 7
-            i += 1
             if not size:
                 break
-        self.write(h, i)
+        self.out_n = p + 1
 
     def _u16(self, n):
-        self.hdr[0], self.hdr[1] = n >> 8, n & 0xFF
-        self.write(self.hdr, 2)
+        self._room(2)
+        p = self.out_n
+        self.out[p] = n >> 8
+        self.out[p + 1] = n & 0xFF
+        self.out_n = p + 2
 
     def _field(self, b):
         """A length-prefixed string (topic, client id, user)."""
@@ -136,10 +144,8 @@ class Channel:
     def _connect_packet(self):
         cid, user = self.client_id, self.user
         self._head(0x10, 12 + len(cid) + (0 if user is None else 4 + len(user)))
-        self.write(b"\0\4MQTT\4")
-        self.hdr[0] = 0x02 if user is None else 0xC2  # clean session; user and (empty) password
-        self.hdr[1], self.hdr[2] = self.keepalive >> 8, self.keepalive & 0xFF
-        self.write(self.hdr, 3)
+        self.write(b"\0\4MQTT\4\x02" if user is None else b"\0\4MQTT\4\xc2")  # clean session; user, empty password
+        self._u16(self.keepalive)
         self._field(cid)
         if user is not None:
             self._field(user)
@@ -316,7 +322,7 @@ class Channel:
         n = self.out_n
         if not self.tcp:
             return
-        k = self.s.write(memoryview(self.out)[:n]) or 0 if n else 0
+        k = self.s.write(self.out, 0, n) or 0 if n else 0
         if k:
             self.out[:n - k] = self.out[k:n]  # rare: only a congested link keeps a rest
             self.out_n = n - k

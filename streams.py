@@ -52,6 +52,7 @@ class Stream:
         self.hi = spec.get("max", 1023 if spec["hw"] == "pwm" else None)
         self.spec = spec
         self.dev = hw.make(spec, self.actuator)
+        self.text = getattr(self.dev, "add_to", None)  # writes its value into a writer itself (the clock)
         self.bid = self.id.encode()
         self.jid = _jstr(self.id)
         self.updated = b'"Datastream \'%s\' actualizado a \'' % self.jid[1:-1]  # SetDatastream's message
@@ -72,7 +73,8 @@ class Stream:
             if v != v or v == _INF or v == -_INF:
                 raise ValueError("not a number")
             return v
-        return str(v)[:VALUE_MAX]
+        v = str(v)
+        return v if len(v) <= VALUE_MAX else v[:VALUE_MAX]  # sliced only when needed: a slice is a copy
 
     def parse(self, text):
         """The value a SetDatastream `comando` asks for; ValueError(reason) if it is not valid."""
@@ -126,12 +128,15 @@ def add_value(w, v, quoted):
         w.add(b'"')
 
 
-def _read(s):
-    """A stream's value for the API: "0" when its device cannot be read (API.md)."""
+def _add_read(c, s):
+    """A stream's value into an API answer, as a string: "0" when its device cannot be read (API.md)."""
     try:
-        return s.value()
+        if s.text is not None:
+            s.text(c)
+        else:
+            add_value(c, s.value(), True)
     except Exception:  # one broken sensor must not take the others down
-        return "0"
+        c.add(b'"0"')
 
 
 on_change = []  # called with the stream after every successful set (telemetry, state restore)
@@ -319,7 +324,7 @@ def send_state(c):
         c.add(sep)
         sep = b","
         c.add(s.item)
-        add_value(c, _read(s), True)
+        _add_read(c, s)
         c.add(b"}")
     c.add(b'],"count":')
     c.add_int(len(STREAMS))
@@ -339,7 +344,6 @@ def send_data(c):
         return _error(c, _NO_TYPE)
     if not s:
         return _no_stream(c, c.arg(b"variableEstado"))
-    value = _read(s)
     c.add(b'{"osid":')
     c.add(_OSID)
     c.add(b',"datastream_id":')
@@ -347,7 +351,7 @@ def send_data(c):
     c.add(b',"datastream_format":')
     c.add(s.jfmt)
     c.add(b',"value":')
-    add_value(c, value, True)
+    _add_read(c, s)
     c.add(b"}")
     c.finish(200)
 
