@@ -1,7 +1,7 @@
 """Benchmarks: the firmware against the microdot reference app and the raw-socket floor, all three
 under the same `micropython` build, heap and cfg.py, in one run. Prints the machine, the versions
 and a Markdown table of the figures; saves it with a plot of free heap under load in bench/results/.
-Usage: bench.py [--quick] [--out DIR]. Figures are printed, never judged: see the targets column."""
+Usage: bench.py [--quick] [--out DIR] [--micropython PATH [--mpy-cross PATH] [--layout mpy|frozen|romfs]]. Figures are printed, never judged: see the targets column."""
 import argparse
 import os
 import platform
@@ -18,7 +18,7 @@ from servers import NAMES, Server
 
 TESTS_MPY = os.path.join(os.path.dirname(servers.HERE), "tests", "mpy")  # reqs.py: a parsed Conn
 
-TARGETS = {  # 64-bit unix port figures; an ESP32's 32-bit heap needs roughly half
+TARGETS = {  # unix port figures; a 32-bit build (an ESP32's word size) needs ~0.7x the 64-bit heap
     "alloc": 256,  # bytes allocated per request
     "ready_mpy": 20 * 1024,  # heap in use after start, all features, from .mpy
     "min_heap_mpy": 32 * 1024,  # smallest -X heapsize surviving the standard load
@@ -44,18 +44,18 @@ class Bench:
         return {"MQTT_HOST": "127.0.0.1", "MQTT_PORT": self.broker.port, "MQTT_TOKEN": "bench",
                 "TELEMETRY_INTERVAL": interval}
 
-    def server(self, kind, mpy=False, heap=servers.HEAP, env=None, interval=1):
-        return Server(kind, self.work, mpy=mpy, heap=heap, env=env, **self.overrides(interval))
+    def server(self, kind, mpy=False, heap=servers.HEAP, env=None, interval=1, entry=None):
+        return Server(kind, self.work, mpy=mpy, heap=heap, env=env, entry=entry, **self.overrides(interval))
 
     # 1. heap allocated per request ---------------------------------------------------------------
-    def alloc(self):
+    def alloc(self, kinds=NAMES, mpy=False):
         warm, n = (3, 20) if self.quick else (10, 200)
         phases = list(load.REQUESTS)
         env = {"BENCH_MODE": "alloc", "BENCH_WARM": str(warm), "BENCH_N": str(n), "BENCH_PHASES": ",".join(phases)}
-        for kind in NAMES:
+        for kind in kinds:
             # Connected to the broker (a change is published at once), but no periodic publish falls
             # into a window: the figure stays exact.
-            with self.server(kind, heap="8M", env=env, interval=3600) as s:
+            with self.server(kind, mpy=mpy, heap="8M", env=env, interval=3600) as s:
                 if not s.start():
                     self.notes.append("%s did not start for the allocation run" % kind)
                     continue
@@ -143,30 +143,39 @@ class Bench:
                 kind, ".mpy" if mpy else ".py", hi, ", ".join(map(str, ok))))
 
     # 6. import cost of each module, and where the firmware's per-request allocation goes ---------
-    def script(self, mpy, name, args):
-        """Run bench/mpy/<name> under micropython against a firmware flash folder; its @bench lines."""
+    def script(self, mpy, name, args=(), env=None):
+        """Run bench/mpy/<name> under micropython against a firmware flash folder (laid out as
+        servers.LAYOUT says); its @bench lines. `env`: more environment variables for it."""
         s = self.server("firmware", mpy=mpy)
-        argv, env = servers.flash.command(s.flash, servers.HEAP)  # gc.mem_free() takes longer in a bigger heap
-        env["MICROPYPATH"] = ":".join((s.extras, TESTS_MPY, env["MICROPYPATH"]))
-        argv = argv[:-2] + [os.path.join(s.extras, name)] + args
-        p = subprocess.run(argv, cwd=s.flash, env=env, capture_output=True, text=True, timeout=60)
+        argv, e = servers.flash.command(s.flash, servers.HEAP)  # gc.mem_free() takes longer in a bigger heap
+        e["MICROPYPATH"] = ":".join((s.extras, TESTS_MPY, e["MICROPYPATH"]))
+        e.update(env or {})
+        argv = argv[:-1] + [s.prelude + "import " + name[:-3]] + list(args)
+        p = subprocess.run(argv, cwd=s.flash, env=e, capture_output=True, text=True, timeout=60)
         if p.returncode:
             self.notes.append("%s failed: %s" % (name, (p.stdout + p.stderr).strip().splitlines()[-1:]))
+        self.stdout = p.stdout
         return [x.split()[1:] for x in p.stdout.splitlines() if x.startswith("@bench ")], s
+
+    def import_costs(self, mpy, mods):
+        """Import cost of each module, in `mods` order: {name: (kept, peak)}; with the .mpy size."""
+        got, s = self.script(mpy, "imports.py", env={"BENCH_MODS": " ".join(mods)})
+        for _, name, kept, peak in got:
+            self.imports.setdefault(name, {})["mpy" if mpy else "py"] = (int(kept), int(peak))
+        if mpy:  # bytecode is most of what a module keeps: the size of its .mpy shows it
+            for name in mods:
+                path = os.path.join(servers.flash.ROOT, "lib" if "." in name else "", name.replace(".", "/") + ".py")
+                if name in self.imports and os.path.exists(path):
+                    out = os.path.join(self.work, "size.mpy")
+                    subprocess.run([servers.flash.MPY_CROSS, "-o", out, path], check=True)
+                    self.imports[name]["size"] = os.path.getsize(out)
 
     def internals(self):
         # main.py's imports, each after what it imports itself; then microdot's
         mods = ["cfg", "hw", "guard", "http", "streams", "umqtt.simple", "mqtt", "thingsboard", "router", "wifi", "asyncio",
                 "microdot"]
         for mpy in (False, True):
-            got, s = self.script(mpy, "imports.py", mods)
-            for _, name, kept, peak in got:
-                self.imports.setdefault(name, {})["mpy" if mpy else "py"] = (int(kept), int(peak))
-            if mpy:  # bytecode is most of what a module keeps: the size of its .mpy shows it
-                for name in mods:
-                    path = os.path.join(s.flash, name + ".mpy")
-                    if os.path.exists(path):
-                        self.imports[name]["size"] = os.path.getsize(path)
+            self.import_costs(mpy, mods)
         args = []
         for name, (method, target, _) in load.REQUESTS.items():
             args += [name, method.decode(), target]
@@ -200,7 +209,7 @@ def machine():
             cpu = next(x.split(":", 1)[1].strip() for x in f if x.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    mp = subprocess.run([os.path.join(servers.flash.BIN, "micropython"), "-c",
+    mp = subprocess.run([servers.flash.MICROPYTHON, "-c",
                          "import sys;print(sys.version, sys.implementation._machine)"],
                         capture_output=True, text=True).stdout.strip()
     mosq = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -211,13 +220,45 @@ def machine():
                 servers.version("matplotlib"), platform.python_version(), os.path.basename(mosq))]
 
 
+def use_interpreter(micropython, mpy_cross=None):
+    """Run everything on `micropython` (and compile with `mpy_cross`); stop when the .mpy files the
+    compiler makes are of another format than the interpreter loads. Returns the results' label:
+    '' for the pinned 64-bit build, else e.g. '-32bit'."""
+    if micropython:
+        servers.flash.MICROPYTHON = os.environ["MICROPYTHON"] = os.path.abspath(micropython)
+    if mpy_cross:
+        servers.flash.MPY_CROSS = os.environ["MPY_CROSS"] = os.path.abspath(mpy_cross)
+    got = subprocess.run([servers.flash.MICROPYTHON, "-c", "import sys;print(sys.implementation._mpy & 0xff, "
+                          "sys.maxsize > 2**32)"], capture_output=True, text=True, check=True).stdout.split()
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, "t.py"), "w") as f:
+            f.write("x = 1\n")
+        subprocess.run([servers.flash.MPY_CROSS, os.path.join(d, "t.py")], check=True)
+        with open(os.path.join(d, "t.mpy"), "rb") as f:
+            made = f.read(2)[1]
+    if int(got[0]) != made:
+        raise SystemExit("bench: %s loads .mpy v%s, %s makes v%d: give --mpy-cross (bench/build32.sh builds one)"
+                         % (servers.flash.MICROPYTHON, got[0], servers.flash.MPY_CROSS, made))
+    return "" if not micropython else ("-64bit" if got[1] == "True" else "-32bit")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="every benchmark, briefly (CI)")
     ap.add_argument("--out", default=os.path.join(servers.HERE, "results"))
+    ap.add_argument("--micropython", help="run every figure on this interpreter (e.g. a 32-bit build from "
+                    "bench/build32.sh); results go to figures-32bit.md beside the pinned build's")
+    ap.add_argument("--mpy-cross", help="compile with this mpy-cross (when the pinned one's .mpy format differs)")
+    ap.add_argument("--layout", choices=servers.LAYOUTS, default="mpy",
+                    help="the firmware's modules as .mpy files (upload.sh), frozen into the interpreter "
+                    "(a build32.sh --frozen build) or in a ROMFS image (a build32.sh --romfs build)")
     args = ap.parse_args()
     import report
 
+    label = use_interpreter(args.micropython, args.mpy_cross)
+    servers.LAYOUT = args.layout
+    if args.layout != "mpy":
+        label += "-" + args.layout
     work = tempfile.mkdtemp(prefix="bench-")
     try:
         b = Bench(args.quick, work)
@@ -226,11 +267,13 @@ def main():
         lines = ["# Benchmark figures (%s mode, %s)" % ("quick" if args.quick else "full",
                                                       time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())), ""]
         lines += ["- " + x for x in machine()] + ["- run time %.0f s" % (time.monotonic() - t0), ""]
-        lines += report.table(b, TARGETS)
+        lines += report.table(b, TARGETS, servers.LAYOUT)
+        os.makedirs(args.out, exist_ok=True)
+        suffix = label + ("-quick" if args.quick else "")
+        report.save(b, os.path.join(args.out, "figures%s.json" % suffix))
+        lines += report.across(args.out, "-quick" if args.quick else "")
         text = "\n".join(lines) + "\n"
         print(text)
-        os.makedirs(args.out, exist_ok=True)
-        suffix = "-quick" if args.quick else ""
         with open(os.path.join(args.out, "figures%s.md" % suffix), "w") as f:
             f.write(text)
         png = os.path.join(args.out, "heap%s.png" % suffix)

