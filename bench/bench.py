@@ -114,10 +114,10 @@ class Bench:
             time.sleep(0.1)
             return r.failed == 0 and s.running() and not s.broken()
 
-    def min_heap(self):
+    def min_heap(self, kinds=NAMES, forms=(False, True)):
         count, step = (300, 4) if self.quick else (5000, 1)
-        for kind in NAMES:
-            for mpy in (False, True):
+        for kind in kinds:
+            for mpy in forms:
                 lo, hi = 8, 128
                 while not self.survives(kind, mpy, hi, count):
                     lo, hi = hi, hi * 2

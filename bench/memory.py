@@ -4,7 +4,7 @@ streams, telemetry on to a local mosquitto): the heap in use once serving, where
 module's import cost and the heap allocated per request; and the memory budget in bench/budget.json
 that tests/test_budget.py holds every change to.
 
-Usage: bench/memory.py [--micropython PATH] [--layout mpy|frozen|romfs] [--update] [--out DIR]
+Usage: bench/memory.py [--micropython PATH] [--layout mpy|frozen|romfs] [--min-heap] [--update] [--out DIR]
   --update   record the figures as this interpreter's section of bench/budget.json (64-bit,
              32-bit, 32-bit frozen, ...) and rewrite bench/results/memory.md from every section.
 bench/run.sh --budget [--micropython PATH] runs it with --update."""
@@ -143,18 +143,18 @@ def parts(lines, slots):
     return out
 
 
-def measure(layout="mpy", per_request=True, log=print):
+def measure(layout="mpy", per_request=True, min_heap=False, log=print):
     """Every memory figure of the firmware as uploaded, on flash.MICROPYTHON, with the bench's cfg
     and telemetry to a mosquitto of its own. Its files go to a folder whose path always has the same
     length: the paths on sys.path and in module names are strings on the heap."""
     work = tempfile.mkdtemp(prefix="mem-", dir="/tmp")
     try:
-        return _measure(work, layout, per_request, log)
+        return _measure(work, layout, per_request, min_heap, log)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _measure(work, layout, per_request, log):
+def _measure(work, layout, per_request, min_heap, log):
     import bench
 
     servers.LAYOUT = layout
@@ -185,6 +185,11 @@ def _measure(work, layout, per_request, log):
         if per_request:
             b.alloc(("firmware",), mpy=True)
             fig["per_request"] = {k[6:]: round(v) for k, v in b.fig["firmware"].items() if k.startswith("alloc_")}
+        if min_heap:  # the bench's full bisection: 5,000 mixed requests at concurrency 4, 1 KB steps
+            b.quick = False
+            b.min_heap(("firmware",), (True,))
+            fig["min_heap"] = b.fig["firmware"].get("min_heap_mpy")
+            log("memory: smallest heap %s B" % fig["min_heap"])
         if b.notes:
             fig["notes"] = b.notes
     finally:
@@ -221,6 +226,8 @@ def report(sections):
     text += row("measured", [sections[n]["measured"] for n in names])
     text += "\n## Heap in use once serving, and allocation per request\n\n" + head
     text += row("**heap in use once serving**", ["**%s**" % kb(sections[n]["ready"]) for n in names])
+    text += row("smallest heap surviving the standard load (`--min-heap`)",
+                [kb(sections[n]["min_heap"]) if sections[n].get("min_heap") else None for n in names])
     for ep in ("health", "SendState", "SendData", "SetDatastream"):
         text += row("allocated per request: " + ep,
                     ["%d B" % sections[n]["per_request"][ep] if ep in sections[n].get("per_request", {}) else None
@@ -255,11 +262,18 @@ def main():
     ap.add_argument("--layout", choices=servers.LAYOUTS, default="mpy",
                     help="where the modules are: .mpy files (as upload.sh), frozen (a --frozen build), romfs")
     ap.add_argument("--update", action="store_true", help="record the figures in bench/budget.json")
+    ap.add_argument("--min-heap", action="store_true",
+                    help="also the smallest heap surviving the standard load (bisection, a few minutes)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args()
     if args.micropython:
         flash.MICROPYTHON = os.environ["MICROPYTHON"] = os.path.abspath(args.micropython)
-    label, fig = measure(args.layout)
+    label, fig = measure(args.layout, min_heap=args.min_heap)
+    old = (load_budget()["sections"] if os.path.exists(BUDGET) else {}).get(label, {})
+    if "min_heap" in old and "min_heap" not in fig:  # kept from the last --min-heap run
+        fig["min_heap"], fig["min_heap_measured"] = old["min_heap"], old.get("min_heap_measured", old["measured"])
+    elif "min_heap" in fig:
+        fig["min_heap_measured"] = fig["measured"]
     budget = load_budget() if os.path.exists(BUDGET) else {"margin": MARGIN, "sections": {}}
     print(json.dumps({label: fig}, indent=1))
     if args.update:
