@@ -94,6 +94,7 @@ echo "Stands in for micropython-lib, which these builds do not use." >"$out/no-m
 mkdir -p "$out/build-$variant"
 {
     echo "# Written by bench/build32.sh: what the PyPI unix build freezes that the bench needs."
+    # shellcheck disable=SC2016  # $(MPY_DIR) is makemanifest's variable, not the shell's
     echo 'include("$(MPY_DIR)/extmod/asyncio")'
     [ -z "$manifest" ] || echo "include(\"$manifest\", port_manifest=False)"
 } >"$out/build-$variant/manifest.py.new"
