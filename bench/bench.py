@@ -24,6 +24,8 @@ TARGETS = {  # unix port figures; a 32-bit build (an ESP32's word size) needs ~0
     "min_heap_mpy": 32 * 1024,  # smallest -X heapsize surviving the standard load
     "cpu": 1.5,  # CPU per request, times the floor's
 }
+# On a 32-bit build, the issue's goals for a plain ESP32 (.mpy files, its initial 56 KB heap).
+TARGETS_32 = dict(TARGETS, ready_mpy=40 * 1024, min_heap_mpy=56 * 1024)
 
 
 class Bench:
@@ -267,7 +269,7 @@ def main():
         lines = ["# Benchmark figures (%s mode, %s)" % ("quick" if args.quick else "full",
                                                       time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())), ""]
         lines += ["- " + x for x in machine()] + ["- run time %.0f s" % (time.monotonic() - t0), ""]
-        lines += report.table(b, TARGETS, servers.LAYOUT)
+        lines += report.table(b, TARGETS_32 if "32bit" in label else TARGETS, servers.LAYOUT)
         os.makedirs(args.out, exist_ok=True)
         suffix = label + ("-quick" if args.quick else "")
         report.save(b, os.path.join(args.out, "figures%s.json" % suffix))

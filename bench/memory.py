@@ -132,10 +132,14 @@ def parts(lines, slots):
         inner = [r for r in out if r[0].endswith("()")]
         compiled = [r for r in out if r[0] == "main.py_compiled"]
         rest = [main[0] - sum(r[1] for r in inner), main[1] - sum(r[2] for r in inner)]
-        if compiled:  # on a board main.py is compiled at boot: its code is part of what it keeps
-            rest = [rest[0] - compiled[0][1], rest[1] - compiled[0][2]]
+        if compiled:  # compiled once apart: its code comes again with the import, its qstrs do not
+            rest[0] -= compiled[0][1] - compiled[0][2]
         out.append(["main.py, the rest (module globals, poll, ...)", rest[0], rest[1]])
     for r in out:
+        if r[0] == "interpreter":
+            r[0] = "interpreter at start, with where.py's own code"
+        if r[0] == "where.py_hooks":
+            r[0] = "where.py's hooks (not the firmware's)"
         if r[0] == "http.Server()" and slots:
             r[0] = "http.Server(): %s slots of %s B" % slots
         if r[0] == "main.py_compiled":
@@ -251,8 +255,9 @@ def report(sections):
             got = [p for p in sections[n].get("parts", []) if p[0] == lab]
             cells.append("%d B (%d)" % (got[0][1], got[0][2]) if got else None)
         text += row(lab, cells)
-    text += row("total (where.py's own run)", [kb(sections[n]["where_total"]) if "where_total" in sections[n] else None
-                                              for n in names])
+    text += row("total of where.py's run", [kb(sections[n]["where_total"]) if "where_total" in sections[n] else None
+                                           for n in names])
+    text += row("heap in use once serving (the run without where.py)", [kb(sections[n]["ready"]) for n in names])
     return text
 
 

@@ -5,7 +5,8 @@
 #   them in), then boot.py; main.py compiled on its own (when it is a file: frozen or in ROMFS it
 #   is read in place); then main.py runs, and the objects made by the callables named in BENCH_WRAP
 #   ("module.name", e.g. http.Server) are measured as main.run() makes them; what else main.py keeps
-#   until its loop first turns is the last part. Nothing of the firmware is changed.
+#   until its loop first turns is the last part. This script's own code and hooks are parts too, so
+#   that the parts add up to the total. Nothing of the firmware is changed.
 import gc
 import os
 import sys
@@ -32,10 +33,7 @@ def wrap(mod, name):
     setattr(mod, name, measured)
 
 
-gc.collect()
-print("@bench part interpreter %d" % gc.mem_alloc())
-micropython.qstr_info()
-a = gc.mem_alloc()
+a = mark("interpreter", 0)  # with this script's own code
 for name in (os.getenv("BENCH_MODS") or "").split():
     try:
         __import__(name)
@@ -43,17 +41,8 @@ for name in (os.getenv("BENCH_MODS") or "").split():
         print("@bench absent %s %s" % (name, e))
     a = mark(name, a)
 import boot  # noqa: E402,F401
-a = mark("boot.py", a)
-try:
-    with open("main.py") as f:
-        code = compile(f.read(), "main.py", "exec")
-    mark("main.py_compiled", a)
-    del code
-    f = None
-    gc.collect()
-except OSError:
-    pass  # frozen, or in ROMFS
 
+a = mark("boot.py", a)
 for spec in (os.getenv("BENCH_WRAP") or "").split():
     m, _, n = spec.partition(".")
     mod = sys.modules.get(m)
@@ -62,6 +51,7 @@ for spec in (os.getenv("BENCH_WRAP") or "").split():
 import streams  # noqa: E402
 
 _uptime_s = streams.uptime_s
+_start = None
 
 
 def uptime_s():
@@ -75,6 +65,14 @@ def uptime_s():
 
 
 streams.uptime_s = uptime_s
-_start = None
+a = mark("where.py_hooks", a)
+try:
+    with open("main.py") as f:
+        code = compile(f.read(), "main.py", "exec")
+    mark("main.py_compiled", a)
+    del code
+    f = None
+except OSError:
+    pass  # frozen, or in ROMFS
 _start = mark("main.py_start", 0)
 import main  # noqa: E402,F401  (runs the loop)
