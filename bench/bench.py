@@ -12,6 +12,7 @@ import tempfile
 import time
 
 import load
+import memory
 import servers
 import telemetry
 from servers import NAMES, Server
@@ -174,8 +175,7 @@ class Bench:
 
     def internals(self):
         # main.py's imports, each after what it imports itself; then microdot's
-        mods = ["cfg", "hw", "guard", "http", "streams", "umqtt.simple", "mqtt", "thingsboard", "router", "wifi", "asyncio",
-                "microdot"]
+        mods = memory.import_order() + ["asyncio", "microdot"]
         for mpy in (False, True):
             self.import_costs(mpy, mods)
         args = []

@@ -28,8 +28,6 @@ BUDGET = os.path.join(HERE, "budget.json")
 # A figure may exceed its recorded value by 3 %, at most 1 KB and at least 64 B (the figures are
 # deterministic: the same bytes every run of the same code on the same interpreter).
 MARGIN = {"fraction": 0.03, "max": 1024, "min": 64}
-# What main.run() makes, measured as it makes it (bench/mpy/where.py); a name that is gone is skipped.
-RUN_TIME = ("wifi.Wifi", "mqtt.Telemetry", "router.setup", "streams.restore", "http.Server")
 _QSTR = re.compile(r"qstr pool: .*n_total_bytes=(\d+)")
 
 
@@ -77,6 +75,32 @@ def import_order(entry=("boot", "main")):
     for e in entry:
         visit(e, set())
     return [m for m in order if m not in dropped]
+
+
+def run_time_calls():
+    """What main.run() calls of the firmware's modules before its loop ("module.name": wifi.Wifi,
+    http.Server, ...), read with ast, so that where.py can measure what each call keeps."""
+    tree = ast.parse(open(os.path.join(flash.ROOT, "main.py")).read())
+    names = {}  # from wifi import Wifi: Wifi -> wifi.Wifi
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module and os.path.exists(
+                os.path.join(flash.ROOT, node.module + ".py")):
+            names.update({a.asname or a.name: "%s.%s" % (node.module, a.name) for a in node.names})
+    run = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "run")
+    out = []
+    for stmt in run.body:
+        if isinstance(stmt, ast.While):
+            break
+        call = getattr(stmt, "value", None)
+        if not isinstance(call, ast.Call):
+            continue
+        f = call.func
+        if isinstance(f, ast.Name) and f.id in names:
+            out.append(names[f.id])
+        elif (isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name)
+              and os.path.exists(os.path.join(flash.ROOT, f.value.id + ".py"))):
+            out.append("%s.%s" % (f.value.id, f.attr))
+    return out
 
 
 def interpreter():
@@ -179,7 +203,7 @@ def _measure(work, layout, per_request, min_heap, log):
         fig["imports"] = {m: b.imports[m]["mpy"][0] - qstr[m] for m in mods if m in qstr}
         fig["qstr"] = sum(qstr.values())
         fig["import_peaks"] = {m: b.imports[m]["mpy"][1] for m in mods if m in qstr}
-        env = {"BENCH_MODS": " ".join(mods), "BENCH_WRAP": " ".join(RUN_TIME)}
+        env = {"BENCH_MODS": " ".join(mods), "BENCH_WRAP": " ".join(run_time_calls())}
         with b.server("firmware", mpy=True, env=env, entry="import where") as s:
             if not s.start():
                 raise SystemExit("where.py did not reach the loop:\n" + s.log()[-2000:])
