@@ -10,16 +10,14 @@
 # - cfg.py stays a file on the filesystem: the device's settings and secrets, sent once with
 #   `./upload.sh --config` (a file beside the frozen modules wins over them on import, so a module
 #   uploaded as .py/.mpy later also overrides its frozen twin);
-# - umqtt.simple: the ESP32 port's own manifest (included first) already freezes micropython-lib's;
-#   without it (port_manifest=False, as bench/build32.sh does), lib/umqtt/simple.py is frozen.
+# - the port's own manifest comes first (ESP32: ntptime, which wifi.py uses, asyncio, ...);
+#   bench/build32.sh leaves it out (port_manifest=False) for the unix port.
 import glob
 import os
 
 options.defaults(port_manifest=True)  # noqa: F821 (the manifest API is given by makemanifest)
 if options.port_manifest:  # noqa: F821
-    include("$(PORT_DIR)/boards/manifest.py")  # noqa: F821 (what the stock image freezes: ntptime, asyncio...)
-else:
-    module("umqtt/simple.py", base_path="../lib")  # noqa: F821
+    include("$(PORT_DIR)/boards/manifest.py")  # noqa: F821 (what the stock image freezes)
 for path in sorted(glob.glob(os.path.join("..", "*.py"))):
     if os.path.basename(path) != "cfg.py":
         module(os.path.basename(path), base_path="..")  # noqa: F821
