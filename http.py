@@ -146,12 +146,12 @@ class Writer:
         self.buf[p:q] = data
         self.pos = q
 
-    def add_int(self, n, width=1):
-        """Append an int in decimal, zero-padded to `width` digits, without making a str of it."""
+    def add_int(self, n):
+        """Append an int in decimal without making a str of it."""
         if n < 0:
             self.add(b"-")
             n = -n
-        digits = width
+        digits = 1
         while n >= 10 ** digits:
             digits += 1
         p = self.pos

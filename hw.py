@@ -104,24 +104,6 @@ class Clock:
         d = self.rtc.datetime()
         return "%04d-%02d-%02d %02d:%02d:%02d" % (d[0], d[1], d[2], d[4], d[5], d[6])
 
-    def add_to(self, w):
-        """The same text, quoted, written straight into writer `w`: the API reads the clock on every
-        SendState, and the text and its tuple would be made anew each time."""
-        d = self.rtc.datetime()
-        w.add(b'"')
-        w.add_int(d[0], 4)
-        w.add(b"-")
-        w.add_int(d[1], 2)
-        w.add(b"-")
-        w.add_int(d[2], 2)
-        w.add(b" ")
-        w.add_int(d[4], 2)
-        w.add(b":")
-        w.add_int(d[5], 2)
-        w.add(b":")
-        w.add_int(d[6], 2)
-        w.add(b'"')
-
 
 class McuTemp:
     """The chip's own temperature in °C."""

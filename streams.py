@@ -52,7 +52,6 @@ class Stream:
         self.hi = spec.get("max", 1023 if spec["hw"] == "pwm" else None)
         self.spec = spec
         self.dev = hw.make(spec, self.actuator)
-        self.text = getattr(self.dev, "add_to", None)  # writes its value into a writer itself (the clock)
         self.bid = self.id.encode()
         self.jid = _jstr(self.id)
         self.updated = b'"Datastream \'%s\' actualizado a \'' % self.jid[1:-1]  # SetDatastream's message
@@ -131,10 +130,7 @@ def add_value(w, v, quoted):
 def _add_read(c, s):
     """A stream's value into an API answer, as a string: "0" when its device cannot be read (API.md)."""
     try:
-        if s.text is not None:
-            s.text(c)
-        else:
-            add_value(c, s.value(), True)
+        add_value(c, s.value(), True)
     except Exception:  # one broken sensor must not take the others down
         c.add(b'"0"')
 
