@@ -31,7 +31,7 @@ _STABLE_MS = const(60000)  # a link must live this long, hearing from the broker
 _PING_WAIT_MS = const(10000)  # a PINGREQ (or a QoS 1 PUBLISH) unanswered for this long: the link is dead
 _INFLIGHT_MAX = const(8)  # QoS 1 publishes awaiting PUBACK; more are refused (the caller keeps them)
 _PACKETS_PER_TURN = const(4)  # then the loop gets its turn back (poll is level-triggered)
-_OUT_BUF = const(512)  # bytes of a packet the socket could not take at once
+_OUT_BUF = const(256)  # a packet gathered to leave in one segment (a larger payload is written straight)
 
 
 _addr = {}  # resolved broker addresses: DNS can take seconds, so only the first connect pays it
