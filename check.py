@@ -2,6 +2,8 @@
 # and each setting that cannot work is turned off, with one console line naming the problem, so a
 # typo costs that entry, never the device (health is always served). streams.py imports this once
 # and drops it: on a low-RAM board the checks cost nothing after boot.
+import os
+
 import cfg
 import hw
 
@@ -43,12 +45,33 @@ def _problem(spec, ids, pins):
 
 
 def _settings():
-    if cfg.MQTT_HOST and not cfg.MQTT_TOKEN:
+    x509 = getattr(cfg, "MQTT_TLS", False) and getattr(cfg, "MQTT_CERT", "")
+    if cfg.MQTT_HOST and not cfg.MQTT_TOKEN and not x509:
         print("cfg: MQTT_HOST is set but MQTT_TOKEN is empty: telemetry off")
+        cfg.MQTT_HOST = ""
+    why = _tls_problem() if cfg.MQTT_HOST and getattr(cfg, "MQTT_TLS", False) else None
+    if why:
+        print("cfg: MQTT_TLS: %s: telemetry off" % why)
         cfg.MQTT_HOST = ""
     if 0 < cfg.WDT_TIMEOUT_MS < 2000:
         print("cfg: WDT_TIMEOUT_MS %d is below 2000 (the loop turns every 1000 ms): using 2000" % cfg.WDT_TIMEOUT_MS)
         cfg.WDT_TIMEOUT_MS = 2000
+
+
+def _tls_problem():
+    """What keeps MQTT over TLS from ever connecting, or None: the CA is never optional."""
+    ca, cert, key = getattr(cfg, "MQTT_CA", ""), getattr(cfg, "MQTT_CERT", ""), getattr(cfg, "MQTT_KEY", "")
+    if not ca:
+        return "MQTT_CA (the CA that signed the broker's certificate) is empty"
+    if bool(cert) != bool(key):
+        return "MQTT_CERT and MQTT_KEY go together"
+    for name, path in (("MQTT_CA", ca), ("MQTT_CERT", cert), ("MQTT_KEY", key)):
+        if path:
+            try:
+                os.stat(path)
+            except OSError:
+                return "%s %r is not on the flash (upload.sh sends it)" % (name, path)
+    return None
 
 
 def load(make, out):
