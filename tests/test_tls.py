@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import Broker, free_port
+from conftest import Broker, flash, free_port
 from test_broker_faults import (BOUND_S, RPC, FakeBroker, handshake, longest_answer, publish_packet, read_packet,
                                 run_scenario, silent, status)
 from test_telemetry import OSID, TOKEN, Platform, mqtt_cfg
@@ -404,3 +404,45 @@ def test_a_file_that_holds_no_certificate_is_named(make_firmware, pki):
     assert status(fw)["last_error"] == "MQTT_CA 'ca.pem': no certificate or key in it (PEM or DER)"
     assert fw.alive()
 
+
+def test_upload_sends_the_files_cfg_names_and_the_board_connects_with_them(tmp_path, tls_broker, pki):
+    """upload.sh onto a virtual board (tests/test_deploy.py): the CA, certificate and key named in
+    cfg.py go with it (never a key's bytes on the console), the board boots into an X.509 TLS link;
+    later uploads keep the board's own files unless --certs."""
+    from test_deploy import VBoard, make_checkout, upload
+
+    broker = tls_broker(require_cert=True)
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    cfg = conf / "cfg.py"
+    cfg.write_text(flash.cfg_text(dict(HTTP_BIND="127.0.0.1", HTTP_PORT=free_port(), **x509_cfg(broker.tls_port, pki))))
+    for name, text in x509_files(pki).items():
+        (conf / name).write_text(text)
+    checkout = str(make_checkout(tmp_path / "checkout"))
+    board = VBoard(tmp_path / "flash")
+    try:
+        code, out = upload("--config=%s" % cfg, board.path, root=checkout)
+        assert code == 0, out
+        for name, text in x509_files(pki).items():
+            assert (tmp_path / "flash" / name).read_text() == text, name
+        assert "  put    /device.key (" in out
+        secret = [x for x in pki.text("device.key").splitlines() if x and not x.startswith("-----")]
+        assert secret and not any(x in out for x in secret)
+        board.wait_log("TLS handshake done in", timeout=30)
+        board.wait_log("mqtt: connected to")
+        assert connected_as(broker) == [DEVICE_CN]
+
+        (conf / "ca.pem").write_text(pki.text("ca.pem") + "# renewed\n")
+        code, out = upload("--config=%s" % cfg, board.path, root=checkout)
+        assert code == 0 and "  keep   /ca.pem (the board's own; --certs replaces it)" in out, out
+        assert (tmp_path / "flash" / "ca.pem").read_text() == pki.text("ca.pem")
+        code, out = upload("--config=%s" % cfg, "--certs", board.path, root=checkout)
+        assert code == 0 and "  put    /ca.pem (" in out, out
+        assert (tmp_path / "flash" / "ca.pem").read_text().endswith("# renewed\n")
+
+        with open(cfg, "a") as f:
+            f.write('MQTT_CA = "nowhere.pem"\n')
+        code, out = upload("--config=%s" % cfg, board.path, root=checkout)
+        assert code != 0 and "cfg.py names /nowhere.pem: the board has none, and there is no " in out, out
+    finally:
+        board.stop()
