@@ -44,12 +44,19 @@ def _problem(spec, ids, pins):
     return None
 
 
+# Settings added after boards were deployed: a board's own older cfg.py lacks them.
+_LATER = (("MQTT_TLS", False), ("MQTT_CA", ""), ("MQTT_SERVER_HOSTNAME", ""), ("MQTT_CERT", ""), ("MQTT_KEY", ""),
+          ("MQTT_TLS_TIMEOUT_MS", 5000))
+
+
 def _settings():
-    x509 = getattr(cfg, "MQTT_TLS", False) and getattr(cfg, "MQTT_CERT", "")
-    if cfg.MQTT_HOST and not cfg.MQTT_TOKEN and not x509:
+    for name, default in _LATER:
+        if not hasattr(cfg, name):
+            setattr(cfg, name, default)
+    if cfg.MQTT_HOST and not cfg.MQTT_TOKEN and not (cfg.MQTT_TLS and cfg.MQTT_CERT):
         print("cfg: MQTT_HOST is set but MQTT_TOKEN is empty: telemetry off")
         cfg.MQTT_HOST = ""
-    why = _tls_problem() if cfg.MQTT_HOST and getattr(cfg, "MQTT_TLS", False) else None
+    why = _tls_problem() if cfg.MQTT_HOST and cfg.MQTT_TLS else None
     if why:
         print("cfg: MQTT_TLS: %s: telemetry off" % why)
         cfg.MQTT_HOST = ""
@@ -60,7 +67,7 @@ def _settings():
 
 def _tls_problem():
     """What keeps MQTT over TLS from ever connecting, or None: the CA is never optional."""
-    ca, cert, key = getattr(cfg, "MQTT_CA", ""), getattr(cfg, "MQTT_CERT", ""), getattr(cfg, "MQTT_KEY", "")
+    ca, cert, key = cfg.MQTT_CA, cfg.MQTT_CERT, cfg.MQTT_KEY
     if not ca:
         return "MQTT_CA (the CA that signed the broker's certificate) is empty"
     if bool(cert) != bool(key):

@@ -53,6 +53,7 @@ class Channel:
         self.user = None if user is None else user.encode()
         self.keepalive = keepalive
         self.timeout_ms = timeout_ms
+        self.connect_ms = timeout_ms  # the deadline of a whole connect (mqtt_tls: longer)
         self.topics = topics
         self.on_up = on_up
         self.on_msg = on_msg
@@ -172,7 +173,7 @@ class Channel:
         elif self.state == SUBSCRIBING:
             wait = self._late(now, self.until, t, "SUBACK")
         elif self.state == OPENING:
-            wait = self._late(now, self.until, self._connect_ms(), self._awaited())
+            wait = self._late(now, self.until, self.connect_ms, "TLS handshake" if self.handshaking else "CONNACK")
         if self.state != DOWN and self.rtype >= 0:
             wait = min(wait, self._late(now, self.rx_until, t, "end of the packet begun"))
         if self.state != DOWN and self.waiting:
@@ -183,13 +184,9 @@ class Channel:
             return max(0, time.ticks_diff(self.next_connect, now))
         return wait
 
-    def _connect_ms(self):
-        """The deadline of a whole connect (a hook of mqtt_tls)."""
-        return self.timeout_ms
-
-    def _awaited(self):
-        """What a connect waits for (a hook of mqtt_tls)."""
-        return "CONNACK"
+    def handshake_json(self):
+        """The TLS handshake's figures as JSON: none here (mqtt_tls tells them)."""
+        return b"null"
 
     def _late(self, now, deadline, limit, what):
         """ms left until `deadline`; past it the link is dropped (and 0 returned)."""
@@ -243,7 +240,7 @@ class Channel:
         """Start a connect: the socket's connect completes later (POLLOUT), CONNECT waits in `out`."""
         self.state = OPENING
         self.tcp = False
-        self.until = time.ticks_add(now, self._connect_ms())
+        self.until = time.ticks_add(now, self.connect_ms)
         self.pid = 0
         try:
             key = (self.host, self.port)

@@ -28,6 +28,7 @@ class Channel(mqtt.Channel):
     def __init__(self, tls, *args):
         super().__init__(*args)
         self.tls = tls
+        self.connect_ms = tls[4]  # an ESP32 spends 1-3 s of CPU on a handshake
         self.ctx = None  # the context of the connect under way
         self.hs_began = self.hs_last = time.ticks_ms()  # ticks the latest handshake and its latest step began
         self.hs_ms = self.hs_step = -1  # the last handshake done: all of it; the longest step of the latest
@@ -44,17 +45,15 @@ class Channel(mqtt.Channel):
             return 0
         return min(wait, _NUDGE_MS) if self.handshaking else wait
 
+    def handshake_json(self):
+        """The last handshake and the longest step of the latest (how long it held the loop), as JSON."""
+        return b'{"handshake_ms":%s,"longest_step_ms":%s}' % (_ms(self.hs_ms), _ms(self.hs_step))
+
     def _guarded(self, step):
         try:
             step()
         except Exception as e:
             self._drop(e)
-
-    def _connect_ms(self):
-        return self.tls[4]  # an ESP32 spends 1-3 s of CPU on a handshake
-
-    def _awaited(self):
-        return "TLS handshake" if self.handshaking or not self.tcp else "CONNACK"
 
     def _open(self, now):
         try:  # first: a missing or bad file, an unset clock cost no connection
@@ -135,6 +134,10 @@ class Channel(mqtt.Channel):
         self.owed = 0
         self.more = False
         super()._drop(err)
+
+
+def _ms(v):
+    return b"null" if v < 0 else b"%d" % v
 
 
 def _describe(e):

@@ -50,18 +50,17 @@ class Telemetry:
         self.queued = 0
         self.switch = _switch_stream()
         self.link = self.local = None
-        self.tls = None
         if cfg.MQTT_HOST:
-            self.tls = _tls()
             args = (cfg.MQTT_HOST, cfg.MQTT_PORT, "tb_" + cfg.OSID, cfg.MQTT_TOKEN or None, cfg.MQTT_KEEPALIVE,
                     cfg.MQTT_TIMEOUT_MS, getattr(cfg, "MQTT_MAX_PACKET", 2304), (RPC_REQUESTS,), self._connected,
                     self._message)
-            if self.tls is None:
+            if not cfg.MQTT_TLS:  # check.py gave a board's older cfg.py the TLS keys
                 self.link = mqtt.Channel(*args)
             else:
                 import mqtt_tls  # only with MQTT_TLS on: a device without it pays nothing
 
-                self.link = mqtt_tls.Channel(self.tls, *args)
+                self.link = mqtt_tls.Channel((cfg.MQTT_CA, cfg.MQTT_CERT, cfg.MQTT_KEY, cfg.MQTT_SERVER_HOSTNAME
+                                              or cfg.MQTT_HOST, cfg.MQTT_TLS_TIMEOUT_MS), *args)
         if local:
             # Publish-only: no subscription, so its receive buffer only ever holds CONNACK, PINGRESP, PUBACK.
             self.local = mqtt.Channel(local, getattr(cfg, "LOCAL_MQTT_PORT", 1883), "ds_" + cfg.OSID, None,
@@ -241,10 +240,7 @@ class Telemetry:
         _add_text(c, link.last_error if link is not None and link.last_error else self.last_error)
         c.add(b',"queued":%d,"dropped":%d,"connects":%d,"lost":%d,"tls":' % (
             self.queued, self.dropped, link.connects if link else 0, link.lost if link else 0))
-        if self.tls is None:
-            c.add(b"null")
-        else:  # the last handshake, and its longest step: how long it held the loop
-            c.add(b'{"handshake_ms":%s,"longest_step_ms":%s}' % (_ms(link.hs_ms), _ms(link.hs_step)))
+        c.add(link.handshake_json() if link else b"null")
         c.add(b',"local":')
         local = self.local
         if local is None:
@@ -264,19 +260,6 @@ class Telemetry:
 
 def _nothing(*args):
     pass
-
-
-def _tls():
-    """The channel's TLS options from cfg (None: plain MQTT); files are read only when it connects."""
-    if not getattr(cfg, "MQTT_TLS", False):
-        return None
-    g = getattr  # keys a board's older cfg.py may lack
-    return (g(cfg, "MQTT_CA", ""), g(cfg, "MQTT_CERT", ""), g(cfg, "MQTT_KEY", ""),
-            g(cfg, "MQTT_SERVER_HOSTNAME", "") or cfg.MQTT_HOST, g(cfg, "MQTT_TLS_TIMEOUT_MS", 5000))
-
-
-def _ms(v):
-    return b"null" if v < 0 else b"%d" % v
 
 
 def _add_text(c, text):
