@@ -33,6 +33,15 @@ API_TOKEN_READS = False  # True: the read-only routes need the token too
 MQTT_HOST = ""
 MQTT_PORT = 1883
 MQTT_TOKEN = ""  # the ThingsBoard device access token
+# MQTT over TLS (ThingsBoard serves it on 8883): the broker's certificate must chain to the CA in
+# MQTT_CA and carry MQTT_SERVER_HOSTNAME (or MQTT_HOST); there is no way to skip the check.
+MQTT_TLS = False
+MQTT_CA = ""  # a file on the board's flash (PEM or DER) holding the CA that signed the broker's certificate
+MQTT_SERVER_HOSTNAME = ""  # the name for SNI and the check ("": MQTT_HOST)
+MQTT_CERT = ""  # X.509 device credentials (files on flash): with them MQTT_TOKEN may stay empty
+MQTT_KEY = ""
+MQTT_TLS_TIMEOUT_MS = 5000  # deadline of the whole TLS connect (TCP, handshake, CONNACK): an ESP32
+# spends 1-3 s of CPU on a handshake, in steps during which the loop waits
 MQTT_KEEPALIVE = 60  # seconds; the device pings before the broker's 1.5x runs out
 MQTT_TIMEOUT_MS = 800  # deadline of each whole broker operation (connect+CONNACK, subscribe+SUBACK,
 # one incoming packet, a queued write); the loop never waits for any of them, it only gives up after this

@@ -2,6 +2,8 @@
 # and each setting that cannot work is turned off, with one console line naming the problem, so a
 # typo costs that entry, never the device (health is always served). streams.py imports this once
 # and drops it: on a low-RAM board the checks cost nothing after boot.
+import os
+
 import cfg
 import hw
 
@@ -42,13 +44,41 @@ def _problem(spec, ids, pins):
     return None
 
 
+# Settings added after boards were deployed: a board's own older cfg.py lacks them.
+_LATER = (("MQTT_TLS", False), ("MQTT_CA", ""), ("MQTT_SERVER_HOSTNAME", ""), ("MQTT_CERT", ""), ("MQTT_KEY", ""),
+          ("MQTT_TLS_TIMEOUT_MS", 5000))
+
+
 def _settings():
-    if cfg.MQTT_HOST and not cfg.MQTT_TOKEN:
+    for name, default in _LATER:
+        if not hasattr(cfg, name):
+            setattr(cfg, name, default)
+    if cfg.MQTT_HOST and not cfg.MQTT_TOKEN and not (cfg.MQTT_TLS and cfg.MQTT_CERT):
         print("cfg: MQTT_HOST is set but MQTT_TOKEN is empty: telemetry off")
+        cfg.MQTT_HOST = ""
+    why = _tls_problem() if cfg.MQTT_HOST and cfg.MQTT_TLS else None
+    if why:
+        print("cfg: MQTT_TLS: %s: telemetry off" % why)
         cfg.MQTT_HOST = ""
     if 0 < cfg.WDT_TIMEOUT_MS < 2000:
         print("cfg: WDT_TIMEOUT_MS %d is below 2000 (the loop turns every 1000 ms): using 2000" % cfg.WDT_TIMEOUT_MS)
         cfg.WDT_TIMEOUT_MS = 2000
+
+
+def _tls_problem():
+    """What keeps MQTT over TLS from ever connecting, or None: the CA is never optional."""
+    ca, cert, key = cfg.MQTT_CA, cfg.MQTT_CERT, cfg.MQTT_KEY
+    if not ca:
+        return "MQTT_CA (the CA that signed the broker's certificate) is empty"
+    if bool(cert) != bool(key):
+        return "MQTT_CERT and MQTT_KEY go together"
+    for name, path in (("MQTT_CA", ca), ("MQTT_CERT", cert), ("MQTT_KEY", key)):
+        if path:
+            try:
+                os.stat(path)
+            except OSError:
+                return "%s %r is not on the flash (upload.sh sends it)" % (name, path)
+    return None
 
 
 def load(make, out):

