@@ -6,7 +6,7 @@ import select
 import socket
 import sys
 import time
-from errno import EAGAIN
+from errno import EAGAIN, EIO
 from micropython import const
 
 _IN = select.POLLIN
@@ -33,6 +33,10 @@ _EVICT_AFTER_MS = const(250)
 # ends an over-long head), when the peer closes, after _QUIET_MS without a byte, or at _LINGER_MS.
 _LINGER_MS = const(2000)
 _QUIET_MS = const(200)
+
+# A file answer (Conn.send_file) goes out in slices of the slot buffer; each poll event sends this
+# many at most, so a large file on a fast peer takes its turns like everyone else.
+_SLICES = const(4)
 
 # Listen backlog. Linux (the host) keeps this many handshaken connections for accept(): 32 takes a
 # burst of 30 clients at once (with 4, the rest had their SYNs dropped and waited 1-3 s for the
@@ -205,6 +209,12 @@ class Writer:
 
 class Conn(Writer):
     """One connection slot: its socket, its buffer, the parsed request and the response window."""
+
+    # A file answer (send_file): the open file whose bytes follow the head, and how many are still
+    # to send. Class defaults, set on a slot only once it sends a file: a slot that never does
+    # carries no more attributes than before.
+    file = None
+    left = 0
 
     def __init__(self, size):
         super().__init__(size)
@@ -379,6 +389,7 @@ class Conn(Writer):
     def error(self, status, message, extra=b""):
         """Answer with API.md's JSON error {"status":"error","message":<message>}. Written into the
         buffer like any answer: error answers cost no heap while the device waits."""
+        self.end_file()  # a handler that failed after send_file: the error goes instead
         self.pos = HEAD_ROOM
         self.overflow = False
         self.add(b'{"status":"error","message":"')
@@ -391,6 +402,62 @@ class Conn(Writer):
         self.out = data
         self.pos = 0
         self.out_end = len(data)
+
+    def send_file(self, f, size, head):
+        """Answer with the `size` bytes of the open file `f` after the header lines in `head` (a
+        tuple of bytes: status line and headers; Content-Length and the end of the head are added).
+        The file goes out through this buffer in slices as the socket takes them, so the heap an
+        answer takes does not depend on the file's size; `f` is closed at the end, or with the slot."""
+        self.pos = 0
+        self.overflow = False
+        for h in head:
+            self.add(h)
+        self.add(b"Content-Length: ")
+        self.add_int(size)
+        self.add(b"\r\nConnection: close\r\n\r\n")
+        self.out = self.mv
+        self.out_end, self.pos = self.pos, 0
+        if self.overflow:
+            f.close()
+            raise ValueError("head over the buffer")  # the caller's bug: a 500
+        if self.head_only:
+            f.close()
+            return
+        self.file = f
+        self.left = size
+        self.next_slice(self.out_end)  # the first slice rides with the head, in the same segment
+
+    def next_slice(self, at=0):
+        """Put the file's next slice in the buffer, after its first `at` bytes (the head); False
+        once the file is all sent (then it is closed). A file shorter than it was announced raises
+        OSError: the peer must see the answer cut short, not complete."""
+        f = self.file
+        if f is None:
+            return False
+        n = len(self.buf) - at
+        if n > self.left:
+            n = self.left
+        k = f.readinto(self.mv[at:] if at else self.buf, n) if n > 0 else 0
+        self.left -= k
+        self.pos = 0
+        self.out_end = at + k
+        if self.out_end:
+            return True
+        short = self.left
+        self.end_file()
+        if short:
+            raise OSError(EIO)
+        return False
+
+    def end_file(self):
+        f = self.file
+        if f is not None:  # only a slot that sent a file gets these attributes (see above)
+            self.file = None
+            self.left = 0
+            try:
+                f.close()
+            except OSError:
+                pass
 
 
 class Server:
@@ -593,11 +660,14 @@ class Server:
 
     def _write(self, c):
         try:
-            while c.pos < c.out_end:
-                k = c.sock.write(c.out, c.pos, c.out_end - c.pos)
-                if not k:
+            for _ in range(_SLICES):
+                while c.pos < c.out_end:
+                    k = c.sock.write(c.out, c.pos, c.out_end - c.pos)
+                    if not k:
+                        break
+                    c.pos += k
+                if c.pos < c.out_end or not c.next_slice():
                     break
-                c.pos += k
         except OSError as e:
             if e.errno != EAGAIN:  # the peer reset or vanished: drop the rest
                 self._close(c)
@@ -652,6 +722,7 @@ class Server:
         c.sock = None
         c.state = _FREE
         c.out = None
+        c.end_file()
         try:
             self.poller.unregister(sock)
         except (OSError, ValueError, KeyError):
