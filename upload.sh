@@ -124,6 +124,12 @@ add() {
     esac
 }
 mkdir -p "$tmp/build"
+# The control page (GET /), gzipped and plain: built by the step host/flash.py runs too.
+python=$(first_tool python)
+pages=$("${python:-python3}" "$root/web/pack.py" "$tmp/build") || die "web/pack.py could not build the page"
+for page in $pages; do
+    add "$page" "/$(basename "$page")"
+done
 if [ "$romfs" = 1 ]; then  # the ROMFS image's tree: .mpy files; their twins leave the filesystem
     rom=$tmp/romfs
     mkdir -p "$rom"

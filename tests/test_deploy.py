@@ -18,7 +18,8 @@ from conftest import ROOT, flash, free_port, wait_port
 
 BIN = os.path.join(ROOT, ".venv", "bin")
 MODULES = [n for n in flash.FIRMWARE if n not in ("boot.py", "main.py", "cfg.py")]
-EXPECTED = sorted(["boot.py", "main.py", "cfg.py"] + [n[:-3] + ".mpy" for n in MODULES])
+EXPECTED = sorted(["boot.py", "main.py", "cfg.py"] + [n[:-3] + ".mpy" for n in MODULES]
+                  + list(flash.pack.NAMES))
 
 
 class VBoard:
@@ -157,6 +158,7 @@ def make_checkout(dest, firmware=None):
         for name, text in firmware.items():
             (dest / name).write_text(text)
     shutil.copytree(os.path.join(ROOT, "lib"), dest / "lib")
+    shutil.copytree(os.path.join(ROOT, "web"), dest / "web")
     os.symlink(os.path.join(ROOT, ".venv"), dest / ".venv")
     return dest
 
@@ -218,7 +220,7 @@ def test_no_compile_uploads_sources_and_removes_their_mpy_twins(tmp_path):
     try:
         code, out = upload("--no-compile", board.path, root=str(tree))
         assert code == 0, out
-        assert board.files() == ["boot.py", "cfg.py", "main.py", "tiny.py"]
+        assert board.files() == sorted(["boot.py", "cfg.py", "main.py", "tiny.py"] + list(flash.pack.NAMES))
         assert "  remove /tiny.mpy" in out
         board.wait_log("tiny boot\r\n42\r\n")
     finally:
