@@ -6,7 +6,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv="$root/.venv"
 
 need=()
-for pair in mosquitto:mosquitto curl:curl shellcheck:shellcheck; do
+# chromium: the control page's browser tests (tests/test_page_browser.py) drive it headless.
+for pair in mosquitto:mosquitto curl:curl shellcheck:shellcheck chromium:chromium; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
