@@ -34,7 +34,7 @@ _EVICT_AFTER_MS = const(250)
 _LINGER_MS = const(2000)
 _QUIET_MS = const(200)
 
-# A file answer (Conn.send_file) goes out in slices of the slot buffer; each poll event sends this
+# A file answer (page.send_file) goes out in slices of the slot buffer; each poll event sends this
 # many at most, so a large file on a fast peer takes its turns like everyone else.
 _SLICES = const(4)
 
@@ -210,9 +210,9 @@ class Writer:
 class Conn(Writer):
     """One connection slot: its socket, its buffer, the parsed request and the response window."""
 
-    # A file answer (send_file): the open file whose bytes follow the head, and how many are still
-    # to send. Class defaults, set on a slot only once it sends a file: a slot that never does
-    # carries no more attributes than before.
+    # A file answer: the open file whose bytes follow the head, and how many are still to send
+    # (set by page.send_file, which writes the head). Class defaults, set on a slot only once it
+    # sends a file: a slot that never does carries no more attributes than before.
     file = None
     left = 0
 
@@ -389,7 +389,7 @@ class Conn(Writer):
     def error(self, status, message, extra=b""):
         """Answer with API.md's JSON error {"status":"error","message":<message>}. Written into the
         buffer like any answer: error answers cost no heap while the device waits."""
-        self.end_file()  # a handler that failed after send_file: the error goes instead
+        self.end_file()  # a handler that failed after starting a file answer: the error goes instead
         self.pos = HEAD_ROOM
         self.overflow = False
         self.add(b'{"status":"error","message":"')
@@ -403,34 +403,11 @@ class Conn(Writer):
         self.pos = 0
         self.out_end = len(data)
 
-    def send_file(self, f, size, head):
-        """Answer with the `size` bytes of the open file `f` after the header lines in `head` (a
-        tuple of bytes: status line and headers; Content-Length and the end of the head are added).
-        The file goes out through this buffer in slices as the socket takes them, so the heap an
-        answer takes does not depend on the file's size; `f` is closed at the end, or with the slot."""
-        self.pos = 0
-        self.overflow = False
-        for h in head:
-            self.add(h)
-        self.add(b"Content-Length: ")
-        self.add_int(size)
-        self.add(b"\r\nConnection: close\r\n\r\n")
-        self.out = self.mv
-        self.out_end, self.pos = self.pos, 0
-        if self.overflow:
-            f.close()
-            raise ValueError("head over the buffer")  # the caller's bug: a 500
-        if self.head_only:
-            f.close()
-            return
-        self.file = f
-        self.left = size
-        self.next_slice(self.out_end)  # the first slice rides with the head, in the same segment
-
     def next_slice(self, at=0):
-        """Put the file's next slice in the buffer, after its first `at` bytes (the head); False
-        once the file is all sent (then it is closed). A file shorter than it was announced raises
-        OSError: the peer must see the answer cut short, not complete."""
+        """Put the file's next slice in the buffer, after its first `at` bytes (the answer's head,
+        when the file's answer starts: page.send_file); False once the file is all sent (then it is
+        closed). A file shorter than it was announced raises OSError: the peer must see the answer
+        cut short, not complete."""
         f = self.file
         if f is None:
             return False

@@ -1,9 +1,10 @@
 # The local control page: GET / sends web/index.html from flash, gzipped by the upload step
-# (web/pack.py), through the slot buffer in slices (http.Conn.send_file); GET /page/streams tells
+# (web/pack.py), through the slot buffer in slices (send_file); GET /page/streams tells
 # the page what SendState does not: each stream's range and unit; GET /favicon.ico is an empty
 # 204. The router imports this module for one of these requests and drops it after, so at rest
 # the page costs no heap.
 import http
+import router
 import streams
 
 GZ = "index.html.gz"
@@ -41,11 +42,39 @@ def _gzip_ok(v):
         return False
 
 
+def send_file(c, f, size, head):
+    """Answer on connection `c` with the `size` bytes of the open file `f` after the header lines in
+    `head` (a tuple of bytes: status line and headers; Content-Length and the end of the head are
+    added). The server sends the file through the slot's buffer in slices as the socket takes
+    them (http.Conn.next_slice), so the heap an answer takes does not depend on the file's size;
+    `f` is closed at the end, or with the slot. Here, not in http.py: only the page needs it."""
+    c.pos = 0
+    c.overflow = False
+    for h in head:
+        c.add(h)
+    c.add(b"Content-Length: ")
+    c.add_int(size)
+    c.add(b"\r\nConnection: close\r\n\r\n")
+    c.out = c.mv
+    c.out_end = c.pos
+    c.pos = 0
+    if c.overflow or c.head_only:
+        f.close()
+        if c.overflow:
+            raise ValueError("head over the buffer")  # a bug here: a 500
+        return
+    c.file = f
+    c.left = size
+    c.next_slice(c.out_end)  # the first slice rides with the head, in the same segment
+
+
 def handle(c):
     if c.is_path(b"/", False):
         serve(c)
     elif c.is_path(b"/favicon.ico", False):
         c.finish(204, None, b"Cache-Control: max-age=86400\r\n")  # the page names no icon to fetch
+    elif router._LOCK_READS and not router.authorized(c):  # like SendState, which it complements
+        raise http.Refused(401, b"No autorizado", b"WWW-Authenticate: Bearer\r\n")
     else:
         meta(c)
 
@@ -70,7 +99,7 @@ def serve(c):
         return
     if _gzip_ok(c.header(b"accept-encoding")):
         f.seek(0)
-        c.send_file(f, size, (_HEAD, _GZIP) + etag)
+        send_file(c, f, size, (_HEAD, _GZIP) + etag)
         return
     f.close()
     try:
@@ -79,7 +108,7 @@ def serve(c):
         raise http.Refused(404, b"No page on this device's flash (upload.sh puts it there)")
     size = f.seek(0, 2)
     f.seek(0)
-    c.send_file(f, size, (_HEAD,) + etag)
+    send_file(c, f, size, (_HEAD,) + etag)
 
 
 def meta(c):

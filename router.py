@@ -1,7 +1,5 @@
 # Which handler answers: method + path -> handler, and the HTTP-level answers of API.md
 # (404, 405 with Allow, OPTIONS, HEAD, the optional token on mutating routes).
-import sys
-
 import cfg
 import streams
 from http import CORS, GET, HEAD, OPTIONS, POST, TEXT
@@ -16,21 +14,24 @@ _WRITE_ALLOW = b"POST, OPTIONS"
 _routes = []
 
 
-def add(path, handler, method=GET, slash_ok=False, public=False):
-    """Route `path` (bytes) to handler(conn). A GET route also answers HEAD; POST routes need the
-    API token when one is configured (GET routes too with API_TOKEN_READS, unless public)."""
-    _routes.append((path, method, slash_ok, handler, public))
-
-
 def _page(c):
-    """The page's routes: page.py is imported for the request and dropped after it. It is asked
-    for once per visit, so between visits it costs no heap."""
+    """The page's routes (public: a browser cannot send a token to load a page; page.py checks it
+    for /page/streams). page.py is imported for the request and dropped after it: it is asked for
+    once per visit, so between visits it costs no heap."""
+    import sys
+
     import page
 
     try:
         page.handle(c)
     finally:
         del sys.modules["page"]
+
+
+def add(path, handler, method=GET, slash_ok=False):
+    """Route `path` (bytes) to handler(conn). A GET route also answers HEAD; POST routes need the
+    API token when one is configured (GET routes too with API_TOKEN_READS)."""
+    _routes.append((path, method, slash_ok, handler))
 
 
 def setup(telemetry):
@@ -40,11 +41,9 @@ def setup(telemetry):
     add(b"/Datastreams/SendData", streams.send_data, slash_ok=True)
     add(b"/Datastreams/SetDatastream", streams.set_datastream, POST, slash_ok=True)
     add(b"/telemetry/status", telemetry.status)
-    # The page itself is public (a browser cannot send a token to load it); it asks for the token
-    # when the API wants one.
-    add(b"/", _page, public=True)
+    add(b"/", _page)
     add(b"/page/streams", _page)
-    add(b"/favicon.ico", _page, public=True)
+    add(b"/favicon.ico", _page)
 
 
 def authorized(c):
@@ -70,7 +69,7 @@ def _same(a, b):
 
 def handle(c):
     """Answer the parsed request in connection `c`."""
-    for path, method, slash_ok, handler, public in _routes:
+    for path, method, slash_ok, handler in _routes:
         if c.is_path(path, slash_ok):
             break
     else:
@@ -82,7 +81,7 @@ def handle(c):
         c.finish(204, None, b"Allow: %s\r\n%sAccess-Control-Allow-Methods: %s\r\n"
                  b"Access-Control-Allow-Headers: Authorization\r\n" % (allow, CORS, allow))
     elif m == method or (m == HEAD and method == GET):
-        if (method == POST or (_LOCK_READS and not public)) and not authorized(c):
+        if (method == POST or _LOCK_READS and handler is not _page) and not authorized(c):
             c.error(401, b"No autorizado", b"WWW-Authenticate: Bearer\r\n")
         else:
             handler(c)
