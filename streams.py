@@ -111,7 +111,9 @@ class Stream:
 
 def add_value(w, v, quoted):
     """Append a value to writer `w`. The API gives every value as a string ("true", "41.5");
-    telemetry gives booleans and numbers bare. Written in place: no str is made for them."""
+    telemetry and RPC give booleans and numbers bare. Written in place: no str is made for them.
+    A float is written the same way everywhere: 6 significant digits, and always with its point
+    ("40.0", not "40"), so a float stream never looks like an integer one."""
     if isinstance(v, str):
         w.add_str(v)
         return
@@ -122,7 +124,10 @@ def add_value(w, v, quoted):
     elif isinstance(v, int):
         w.add_int(v)
     else:
-        w.add(b"%.6g" % v)
+        text = b"%.6g" % v
+        w.add(text)
+        if b"." not in text and b"e" not in text:
+            w.add(b".0")
     if quoted:
         w.add(b'"')
 

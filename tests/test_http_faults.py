@@ -239,7 +239,7 @@ def test_a_burst_of_30_connections_is_answered_at_once(fw):
 def test_set_with_a_json_value_drives_pwm_boolean_and_float_actuators(fw):
     cases = (("dimmer", 512, "512", 512), ("dimmer", 0, "0", 0), ("led", True, "true", True),
              ("led", "off", "false", False), ("led", "ON", "true", True), ("led", False, "false", False),
-             ("led", 1, "true", True), ("setpoint", 21.5, "21.5", 21.5), ("setpoint", -50, "-50", -50))
+             ("led", 1, "true", True), ("setpoint", 21.5, "21.5", 21.5), ("setpoint", -50, "-50.0", -50))
     for i, (sid, v, shown, applied) in enumerate(cases):
         client = requests.post if i % 2 else httpx.post
         r = client(fw.url + target_set(sid), json={"value": v}, timeout=5)

@@ -332,3 +332,42 @@ def test_local_broker_alone(make_firmware, tmp_path):
     finally:
         listener.close()
         local.stop()
+
+
+KNOB = "value = [20.0]\n\ndef read():\n    return value[0]\n\ndef write(v):\n    value[0] = v\n"
+
+
+def test_a_float_reads_the_same_over_http_telemetry_and_rpc(make_firmware, broker, platform):
+    # A whole float once showed as "40" over HTTP and 40.0 over RPC; a long one as "0.333333" and
+    # 0.333333333. Now every path writes a float one way: 6 significant digits, always with a point.
+    streams = ({"id": "setpoint", "format": "float", "type": "actuator", "hw": "custom", "read": "knob:read",
+                "write": "knob:write", "min": -50, "max": 150},
+               {"id": "dimmer", "format": "integer", "type": "actuator", "hw": "pwm", "pin": 5})
+    fw = make_firmware(**mqtt_cfg(broker.port, TELEMETRY_INTERVAL=3600), STREAMS=streams, extra_files={"knob.py": KNOB})
+    platform.next("v1/devices/me/attributes")
+
+    def rpc_raw(rid, method, params):
+        platform.c.publish("v1/devices/me/rpc/request/%d" % rid, json.dumps({"method": method, "params": params}))
+        return platform.next("v1/devices/me/rpc/response/%d" % rid)[1]
+
+    for rid, (given, shown) in enumerate((("40", "40.0"), ("21.125", "21.125"), ("0.333333333333", "0.333333"),
+                                          ("-50", "-50.0"), ("99.9999999", "100.0"))):
+        over_http = rid % 2 == 0
+        if over_http:
+            r = fw.post("/Datastreams/SetDatastream?osid=%s&idDataStream=setpoint&comando=%s" % (OSID, given))
+            assert r.status == 200 and r.body.endswith(b'"value":%s}}' % shown.encode()), r.body
+        else:
+            assert rpc_raw(100 + rid, "setDatastream", {"id": "setpoint", "value": float(given)}) == \
+                b'{"id":"setpoint","value":%s}' % shown.encode()
+        _, payload, _ = platform.next("v1/devices/me/telemetry")
+        assert payload == b'{"setpoint":%s}' % shown.encode(), (given, payload)
+        assert rpc_raw(200 + rid, "getDatastream", {"id": "setpoint"}) == b'{"id":"setpoint","value":%s}' % shown.encode()
+        data = fw.get("/Datastreams/SendData?osid=%s&variableEstado=setpoint" % OSID).json()
+        assert data["value"] == shown, given
+        state = fw.get("/Datastreams/SendState?osid=%s" % OSID).json()
+        assert state["datastreams"][0]["value"] == shown
+    # An integer stream stays an integer everywhere.
+    fw.post("/Datastreams/SetDatastream?osid=%s&idDataStream=dimmer&comando=40" % OSID)
+    assert platform.next("v1/devices/me/telemetry")[1] == b'{"dimmer":40}'
+    assert rpc_raw(300, "getDatastream", {"id": "dimmer"}) == b'{"id":"dimmer","value":40}'
+    assert fw.get("/Datastreams/SendData?osid=%s&variableEstado=dimmer" % OSID).json()["value"] == "40"
