@@ -3,7 +3,11 @@ import socket
 import threading
 import time
 
+import pytest
+
 from conftest import Response, curl
+
+pytestmark = pytest.mark.quick
 
 OSID = "ObjetoESP32"
 STATE = "/Datastreams/SendState?osid=" + OSID

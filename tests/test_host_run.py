@@ -74,6 +74,7 @@ def listening_on(port):
     return found
 
 
+@pytest.mark.quick
 def test_port_taken_is_one_clear_line_and_a_nonzero_exit(runs, tmp_path):
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))
@@ -87,6 +88,7 @@ def test_port_taken_is_one_clear_line_and_a_nonzero_exit(runs, tmp_path):
     assert not os.path.exists(tmp_path / "flash"), "found before the flash folder is built"
 
 
+@pytest.mark.quick
 def test_ctrl_c_ends_the_run_without_a_traceback(runs, tmp_path):
     port = free_port()
     r = runs("--port", str(port), "--flash", str(tmp_path / "flash"))
