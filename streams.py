@@ -1,6 +1,6 @@
 # What the device knows: the datastreams declared in cfg.py, and the JSON of the datastream API
-# (see API.md). Handlers read all their arguments before writing the body: the body is written
-# into the same buffer that holds the request.
+# (see docs/API.md). Handlers read all their arguments before writing the body: the body is
+# written into the same buffer that holds the request.
 import gc
 import json
 import os
@@ -133,7 +133,8 @@ def add_value(w, v, quoted):
 
 
 def _add_read(c, s):
-    """A stream's value into an API answer, as a string: "0" when its device cannot be read (API.md)."""
+    """A stream's value into an API answer, as a string: "0" when its device cannot be read
+    (docs/API.md)."""
     try:
         add_value(c, s.value(), True)
     except Exception:  # one broken sensor must not take the others down

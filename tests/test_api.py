@@ -1,4 +1,4 @@
-"""The wire contract of ../shared/API.md, end to end against the firmware under micropython."""
+"""The wire contract of docs/API.md, end to end against the firmware under micropython."""
 import socket
 import threading
 import time
