@@ -387,8 +387,8 @@ class Conn(Writer):
         return start
 
     def error(self, status, message, extra=b""):
-        """Answer with API.md's JSON error {"status":"error","message":<message>}. Written into the
-        buffer like any answer: error answers cost no heap while the device waits."""
+        """Answer with docs/API.md's JSON error {"status":"error","message":<message>}. Written into
+        the buffer like any answer: error answers cost no heap while the device waits."""
         self.end_file()  # a handler that failed after starting a file answer: the error goes instead
         self.pos = HEAD_ROOM
         self.overflow = False

@@ -10,6 +10,8 @@ try:
 
     BOARD = True
 except ImportError:
+    import random  # the simulated chip temperature
+
     BOARD = False
 
 # The type check treats BOARD as always true (host/mypy.ini), so it checks the board's calls
@@ -109,11 +111,19 @@ class McuTemp:
     """The chip's own temperature in °C."""
 
     def __init__(self, spec, output):
-        pass
+        self.sim = [4000000, time.ticks_ms()]  # host: the temperature in 1e-5 °C, tick of its last step
 
     def read(self):
         if not BOARD:
-            return 40.0 + (time.ticks_ms() // 1000 % 10) / 10
+            # A random walk of one step a second (up to ±0.16 °C), pulled back towards 40 °C: it wanders
+            # like a chip's temperature, about ±0.5 °C, never repeating with the telemetry period.
+            sim = self.sim
+            steps = time.ticks_diff(time.ticks_ms(), sim[1]) // 1000
+            if steps > 0:
+                sim[1] = time.ticks_add(sim[1], steps * 1000)
+                for _ in range(min(steps, 60)):
+                    sim[0] += random.getrandbits(15) - 16384 + (4000000 - sim[0]) // 64
+            return sim[0] / 100000
         read = getattr(esp32, "mcu_temperature", None)  # S2, S3, C3 (not in the ESP32's stubs)
         if read is not None:
             return float(read())

@@ -1,4 +1,4 @@
-# Which handler answers: method + path -> handler, and the HTTP-level answers of API.md
+# Which handler answers: method + path -> handler, and the HTTP-level answers of docs/API.md
 # (404, 405 with Allow, OPTIONS, HEAD, the optional token on mutating routes).
 import cfg
 import streams

@@ -1,6 +1,6 @@
 # What the device knows: the datastreams declared in cfg.py, and the JSON of the datastream API
-# (see API.md). Handlers read all their arguments before writing the body: the body is written
-# into the same buffer that holds the request.
+# (see docs/API.md). Handlers read all their arguments before writing the body: the body is
+# written into the same buffer that holds the request.
 import gc
 import json
 import os
@@ -111,7 +111,9 @@ class Stream:
 
 def add_value(w, v, quoted):
     """Append a value to writer `w`. The API gives every value as a string ("true", "41.5");
-    telemetry gives booleans and numbers bare. Written in place: no str is made for them."""
+    telemetry and RPC give booleans and numbers bare. Written in place: no str is made for them.
+    A float is written the same way everywhere: 6 significant digits, and always with its point
+    ("40.0", not "40"), so a float stream never looks like an integer one."""
     if isinstance(v, str):
         w.add_str(v)
         return
@@ -122,13 +124,17 @@ def add_value(w, v, quoted):
     elif isinstance(v, int):
         w.add_int(v)
     else:
-        w.add(b"%.6g" % v)
+        text = b"%.6g" % v
+        w.add(text)
+        if b"." not in text and b"e" not in text:
+            w.add(b".0")
     if quoted:
         w.add(b'"')
 
 
 def _add_read(c, s):
-    """A stream's value into an API answer, as a string: "0" when its device cannot be read (API.md)."""
+    """A stream's value into an API answer, as a string: "0" when its device cannot be read
+    (docs/API.md)."""
     try:
         add_value(c, s.value(), True)
     except Exception:  # one broken sensor must not take the others down

@@ -191,7 +191,7 @@ class Telemetry:
                 reply = {"error": "bad request: nested too deeply"}
             else:
                 reply = self._call(msg)
-            data = _json(reply)
+            data = reply if isinstance(reply, bytes) else _json(reply)
         except MemoryError:
             gc.collect()
             data = b'{"error":"out of memory"}'
@@ -217,7 +217,10 @@ class Telemetry:
                     return {"error": "unknown datastream"}
                 if method == "setDatastream":
                     s.set(s.parse(_param_text(params.get("value"))))
-                return {"id": s.id, "value": s.value()}
+                out = self.out  # the value written as telemetry and HTTP write it: a float to 6 digits, with its point
+                out.pos = 0
+                streams.add_value(out, s.value(), False)
+                return b'{"id":%s,"value":%s}' % (s.jid, bytes(out.mv[:out.pos]))
         except (ValueError, KeyError, TypeError, OSError) as e:
             return {"error": streams.reason(e)}
         return {"error": "unknown method"}

@@ -50,37 +50,113 @@ def build(dest, overrides=None, mpy=False):
 
 
 DOUBLES = os.path.join(ROOT, "tests", "doubles")
+# run.sh ends the run on Ctrl-C with one line: on the host, Ctrl-C means stop. (The firmware itself
+# re-raises KeyboardInterrupt, as a board must: there Ctrl-C brings up the REPL for ampy and mpremote.)
+_STOPPABLE = "try:\n import boot\n import main\nexcept KeyboardInterrupt:\n print('datastream: stopped (Ctrl-C)')"
 
 
-def command(flash, heap="128K", esp32=False):
+def command(flash, heap="128K", esp32=False, stoppable=False):
     """argv and environment that boot the firmware from `flash` as the board would: boot.py, then
     main.py, with the board's module path ('' and /lib). With esp32, the test doubles of the ESP32
-    port's modules come first on the path, so the firmware takes its board code path."""
+    port's modules come first on the path, so the firmware takes its board code path. With
+    stoppable, Ctrl-C ends the process quietly (exit 0) instead of with a traceback."""
     env = dict(os.environ, MICROPYPATH="%s:%s/lib:.frozen" % (DOUBLES if esp32 else "", flash))
-    argv = [MICROPYTHON, "-X", "heapsize=" + heap, "-c", "import boot\nimport main"]
+    script = _STOPPABLE if stoppable else "import boot\nimport main"
+    argv = [MICROPYTHON, "-X", "heapsize=" + heap, "-c", script]
     return argv, env
+
+
+def lock(flash):
+    """Hold `flash`.lock for as long as this process lives, exec included (the firmware inherits the
+    descriptor), so a second run.sh cannot rebuild a folder the first one is running from.
+    Returns None, or the pid of the run that holds it."""
+    import fcntl
+
+    os.makedirs(os.path.dirname(os.path.abspath(flash)), exist_ok=True)
+    fd = os.open(flash.rstrip("/") + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 32).decode(errors="replace").strip()
+        os.close(fd)
+        return holder or "?"
+    os.ftruncate(fd, 0)
+    os.write(fd, b"%d\n" % os.getpid())  # exec keeps the pid: it is the firmware's
+    os.set_inheritable(fd, True)
+    return None
+
+
+def port_taken(addr, port):
+    """Whether something listens on `port` already (the firmware of another run, most often). Asked
+    here, before the flash folder is touched, and at no cost to the firmware's heap: on a board a
+    port it cannot take is a crash that resets it, with nobody to read a message."""
+    import errno
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the firmware binds it
+        try:
+            s.bind((addr, port))
+        except OSError as e:
+            return e.errno == errno.EADDRINUSE
+    return False
+
+
+def check_bind(addr):
+    """None if the firmware can listen on `addr`, else why not. The firmware's server is IPv4, and a
+    name is not looked up (that would ask a DNS server): an IPv4 address of this machine, or 0.0.0.0."""
+    import ipaddress
+    import socket
+
+    try:
+        ipaddress.IPv4Address(addr)
+        with socket.socket() as s:
+            s.bind((addr, 0))
+    except ValueError:
+        return "not an IPv4 address"
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
 
 
 if __name__ == "__main__":
     import argparse
 
     ap = argparse.ArgumentParser(description="Build a flash folder and boot the firmware from it.")
-    ap.add_argument("--flash", default=os.path.join(ROOT, ".flash"))
-    ap.add_argument("--heap", default=os.environ.get("HEAP", "128K"), help="MicroPython heap (-X heapsize)")
     ap.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8003")))
+    ap.add_argument("--bind", default=os.environ.get("BIND", "127.0.0.1"),
+                    help="address to listen on: 127.0.0.1 (this machine only), 0.0.0.0 (every interface:"
+                         " reachable from a container or another host)")
+    ap.add_argument("--flash", help="the flash folder, rebuilt at each start (default: .flash/<port>)")
+    ap.add_argument("--heap", default=os.environ.get("HEAP", "128K"), help="MicroPython heap (-X heapsize)")
     ap.add_argument("--mqtt", default=os.environ.get("MQTT", "127.0.0.1:1883"),
                     help="broker host:port for telemetry ('' turns it off)")
     ap.add_argument("--source", action="store_true",
                     help="run the modules from .py (by default they are precompiled to .mpy, as upload.sh does)")
     ap.add_argument("--esp32", action="store_true", help="the ESP32 code path, on the test doubles (board.json)")
     args = ap.parse_args()
-    over = {"HTTP_BIND": "127.0.0.1", "HTTP_PORT": args.port}
+    flash_dir = args.flash or os.path.join(ROOT, ".flash", str(args.port))
+    why = check_bind(args.bind)
+    if why:
+        raise SystemExit("run.sh: cannot listen on %s (%s): --bind takes an IPv4 address of this machine,"
+                         " such as 127.0.0.1 or 0.0.0.0" % (args.bind, why))
+    holder = lock(flash_dir)
+    if holder:
+        raise SystemExit("run.sh: %s is in use by another run (pid %s): stop it, or start this one with"
+                         " another --port (or --flash DIR)" % (flash_dir, holder))
+    if port_taken(args.bind, args.port):
+        raise SystemExit("run.sh: port %d is in use (the firmware running already?): stop that, or pick another"
+                         " port with --port N" % args.port)
+    over = {"HTTP_BIND": args.bind, "HTTP_PORT": args.port}
     if args.mqtt:
         host, _, port = args.mqtt.partition(":")
         over.update(MQTT_HOST=host, MQTT_PORT=int(port or 1883), MQTT_TOKEN=os.environ.get("TB_TOKEN", "host-demo"))
-    shutil.rmtree(args.flash, ignore_errors=True)
-    build(args.flash, over, mpy=not args.source)
-    argv, env = command(args.flash, args.heap, args.esp32)
-    print("flash folder %s, heap %s: firmware on http://127.0.0.1:%d/" % (args.flash, args.heap, args.port), flush=True)
-    os.chdir(args.flash)
+    shutil.rmtree(flash_dir, ignore_errors=True)
+    build(flash_dir, over, mpy=not args.source)
+    argv, env = command(flash_dir, args.heap, args.esp32, stoppable=True)
+    where = "127.0.0.1" if args.bind == "0.0.0.0" else args.bind
+    print("flash folder %s, heap %s: firmware on http://%s:%d/%s (Ctrl-C stops it)" % (
+        flash_dir, args.heap, where, args.port, " and every other address of this machine" if args.bind == "0.0.0.0" else ""),
+        flush=True)
+    os.chdir(flash_dir)
     os.execve(argv[0], argv, env)

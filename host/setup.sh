@@ -20,12 +20,17 @@ if [ ${#need[@]} -gt 0 ]; then
     fi
 fi
 
+# The first run takes 20-45 s here: each step says what it does (on stderr: stdout is the answer).
 stamp="$venv/.requirements"
-if [ ! -x "$venv/bin/python" ] || ! cmp -s "$root/host/requirements.txt" "$stamp"; then
-    echo "setup: creating $venv" >&2
+req="$root/host/requirements.txt"
+if [ ! -x "$venv/bin/python" ] || ! cmp -s "$req" "$stamp"; then
+    echo "setup: creating the Python venv $venv (first run, or host/requirements.txt changed; 20-45 s)" >&2
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q -r "$root/host/requirements.txt" >&2
-    cp "$root/host/requirements.txt" "$stamp"
+    echo "setup: installing $(grep -c == "$req") pinned packages (host/requirements.txt) and their dependencies:" >&2
+    # pip's own lines, one per package it fetches; its errors still reach stderr as they are.
+    "$venv/bin/pip" install --disable-pip-version-check --progress-bar off -r "$req" |
+        sed -un -e 's/^Collecting \([^ ]*\).*/setup:   \1/p' -e "s|^Successfully installed .*|setup: installed in $venv|p" >&2
+    cp "$req" "$stamp"
 fi
 "$venv/bin/python" "$root/host/fetch_umqtt.py" "$root" >&2
 "$root/host/typecheck.sh" --install

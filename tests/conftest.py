@@ -18,6 +18,11 @@ import flash  # noqa: E402
 
 collect_ignore = ["mpy"]  # those run inside MicroPython, through test_units_mpy.py
 
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "quick: ./host/test.sh --quick, a first check in under a minute: each "
+                            "feature once, end to end")
+
 HEAP = os.environ.get("TEST_HEAP", "128K")
 # Modules run precompiled to .mpy, as upload.sh puts them on a board; TEST_MPY=0 runs the sources.
 MPY = os.environ.get("TEST_MPY", "1") == "1"

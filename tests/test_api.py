@@ -1,9 +1,13 @@
-"""The wire contract of ../shared/API.md, end to end against the firmware under micropython."""
+"""The wire contract of docs/API.md, end to end against the firmware under micropython."""
 import socket
 import threading
 import time
 
+import pytest
+
 from conftest import Response, curl
+
+pytestmark = pytest.mark.quick
 
 OSID = "ObjetoESP32"
 STATE = "/Datastreams/SendState?osid=" + OSID

@@ -2,6 +2,8 @@
 it and is left out (or turned off); the device boots with the rest, and health is served."""
 import pytest
 
+pytestmark = pytest.mark.quick
+
 OSID = "ObjetoESP32"
 GOOD = {"id": "led", "format": "boolean", "type": "actuator", "hw": "pin", "pin": 2}
 

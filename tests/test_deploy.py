@@ -320,6 +320,7 @@ def test_virtual_board_works_with_mpremote_and_keeps_to_its_flash(small_board, t
         "OSError: [Errno 2] ENOENT\n", "as a board tells it, without frames of the virtual board's own"
 
 
+@pytest.mark.quick
 def test_test_http_on_the_host_firmware_passes_and_fails_on_a_wrong_osid(device):
     code, lines = run_test_http("127.0.0.1:%d" % device.port)
     assert code == 0 and lines[-1].endswith(" passed, 0 failed"), lines

@@ -65,6 +65,7 @@ HARDWARE = (
 )
 
 
+@pytest.mark.quick
 def test_pins_pwm_and_adc_on_the_board_path(make_firmware):
     fw = make_firmware(esp32=True, STREAMS=HARDWARE, extra_files=board_json(adc={"34": 40000}, inputs={"35": 1}))
     log = fw.log()

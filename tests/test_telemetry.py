@@ -70,6 +70,7 @@ def mqtt_cfg(port, **kw):
     return base
 
 
+@pytest.mark.quick
 def test_telemetry_on_time_with_flat_payload_and_identity(make_firmware, broker, platform):
     fw = make_firmware(**mqtt_cfg(broker.port))
     first, t0 = platform.telemetry(timeout=5, where=lambda j: "_mem_free" in j)
@@ -91,6 +92,7 @@ def test_telemetry_on_time_with_flat_payload_and_identity(make_firmware, broker,
     assert TOKEN not in fw.log(), "the token is a secret"
 
 
+@pytest.mark.quick
 def test_attributes_on_connect(make_firmware, broker, platform):
     make_firmware(**mqtt_cfg(broker.port))
     _, payload, _ = platform.next("v1/devices/me/attributes")
@@ -101,6 +103,7 @@ def test_attributes_on_connect(make_firmware, broker, platform):
     assert [d["id"] for d in a["datastreams"]] == ["led", "rele", "reloj", "temperatura", "memoria"]
 
 
+@pytest.mark.quick
 def test_change_is_published_at_once(make_firmware, broker, platform):
     fw = make_firmware(**mqtt_cfg(broker.port, TELEMETRY_INTERVAL=3600))
     platform.next("v1/devices/me/attributes")
@@ -114,6 +117,7 @@ def test_change_is_published_at_once(make_firmware, broker, platform):
     assert j == {"rele": False}, "a failed command publishes nothing"
 
 
+@pytest.mark.quick
 def test_rpc_methods(make_firmware, broker, platform):
     fw = make_firmware(**mqtt_cfg(broker.port, TELEMETRY_INTERVAL=3600))
     platform.next("v1/devices/me/attributes")
@@ -233,6 +237,7 @@ def test_ring_drops_oldest_when_full(make_firmware):
     assert fw.alive()
 
 
+@pytest.mark.quick
 def test_status_when_disabled(device):
     status = device.get("/telemetry/status").json()
     assert status["enabled"] is False and status["connected"] is False and status["host"] is None
@@ -319,6 +324,7 @@ def test_local_broker_gets_the_same_telemetry_and_each_broker_is_lost_alone(make
         local.stop()
 
 
+@pytest.mark.quick
 def test_local_broker_alone(make_firmware, tmp_path):
     local = Broker(str(tmp_path)).start()
     listener = Listener(local.port, topic="plant/one")
@@ -332,3 +338,43 @@ def test_local_broker_alone(make_firmware, tmp_path):
     finally:
         listener.close()
         local.stop()
+
+
+KNOB = "value = [20.0]\n\ndef read():\n    return value[0]\n\ndef write(v):\n    value[0] = v\n"
+
+
+@pytest.mark.quick
+def test_a_float_reads_the_same_over_http_telemetry_and_rpc(make_firmware, broker, platform):
+    # A whole float once showed as "40" over HTTP and 40.0 over RPC; a long one as "0.333333" and
+    # 0.333333333. Now every path writes a float one way: 6 significant digits, always with a point.
+    streams = ({"id": "setpoint", "format": "float", "type": "actuator", "hw": "custom", "read": "knob:read",
+                "write": "knob:write", "min": -50, "max": 150},
+               {"id": "dimmer", "format": "integer", "type": "actuator", "hw": "pwm", "pin": 5})
+    fw = make_firmware(**mqtt_cfg(broker.port, TELEMETRY_INTERVAL=3600), STREAMS=streams, extra_files={"knob.py": KNOB})
+    platform.next("v1/devices/me/attributes")
+
+    def rpc_raw(rid, method, params):
+        platform.c.publish("v1/devices/me/rpc/request/%d" % rid, json.dumps({"method": method, "params": params}))
+        return platform.next("v1/devices/me/rpc/response/%d" % rid)[1]
+
+    for rid, (given, shown) in enumerate((("40", "40.0"), ("21.125", "21.125"), ("0.333333333333", "0.333333"),
+                                          ("-50", "-50.0"), ("99.9999999", "100.0"))):
+        over_http = rid % 2 == 0
+        if over_http:
+            r = fw.post("/Datastreams/SetDatastream?osid=%s&idDataStream=setpoint&comando=%s" % (OSID, given))
+            assert r.status == 200 and r.body.endswith(b'"value":%s}}' % shown.encode()), r.body
+        else:
+            assert rpc_raw(100 + rid, "setDatastream", {"id": "setpoint", "value": float(given)}) == \
+                b'{"id":"setpoint","value":%s}' % shown.encode()
+        _, payload, _ = platform.next("v1/devices/me/telemetry")
+        assert payload == b'{"setpoint":%s}' % shown.encode(), (given, payload)
+        assert rpc_raw(200 + rid, "getDatastream", {"id": "setpoint"}) == b'{"id":"setpoint","value":%s}' % shown.encode()
+        data = fw.get("/Datastreams/SendData?osid=%s&variableEstado=setpoint" % OSID).json()
+        assert data["value"] == shown, given
+        state = fw.get("/Datastreams/SendState?osid=%s" % OSID).json()
+        assert state["datastreams"][0]["value"] == shown
+    # An integer stream stays an integer everywhere.
+    fw.post("/Datastreams/SetDatastream?osid=%s&idDataStream=dimmer&comando=40" % OSID)
+    assert platform.next("v1/devices/me/telemetry")[1] == b'{"dimmer":40}'
+    assert rpc_raw(300, "getDatastream", {"id": "dimmer"}) == b'{"id":"dimmer","value":40}'
+    assert fw.get("/Datastreams/SendData?osid=%s&variableEstado=dimmer" % OSID).json()["value"] == "40"

@@ -8,6 +8,8 @@ import pytest
 
 from conftest import HEAP, MPY, ROOT, flash
 
+pytestmark = pytest.mark.quick
+
 HERE = os.path.join(ROOT, "tests", "mpy")
 MODULES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(HERE, "test_*.py")))
 
