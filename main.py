@@ -45,11 +45,11 @@ def run():
     server = http.Server(router.handle, cfg.HTTP_BIND, cfg.HTTP_PORT, cfg.HTTP_SLOTS, size, cfg.HTTP_TIMEOUT_MS,
                          getattr(cfg, "HTTP_QUEUE", 3))  # a board's cfg.py older than this key works
     wifi = Wifi()
+    streams.restore()  # the actuators' boot values, and what the platform set last (shared attributes)
     telemetry = thingsboard.Telemetry(wifi.ip)
     if guard.SAFE:
         _safe_routes()
     router.setup(telemetry)
-    streams.restore()
     poller = select.poll()
     server.attach(poller)
     telemetry.attach(poller)

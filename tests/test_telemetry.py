@@ -33,19 +33,20 @@ class Platform:
         self.c.loop_stop()
         self.c.disconnect()
 
-    def next(self, topic_prefix, timeout=5.0, where=lambda payload: True):
-        """The next message on a topic starting with topic_prefix (others are skipped)."""
+    def next(self, topic, timeout=5.0, where=lambda payload: True):
+        """The next message on `topic`, or on any topic under it when it ends with "/" (others
+        are skipped: the device also asks on v1/devices/me/attributes/request/<n>)."""
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError("no message on %s within %.1fs" % (topic_prefix, timeout))
+                raise AssertionError("no message on %s within %.1fs" % (topic, timeout))
             try:
-                topic, payload, t = self.messages.get(timeout=left)
+                got, payload, t = self.messages.get(timeout=left)
             except queue.Empty:
                 continue
-            if topic.startswith(topic_prefix) and where(payload):
-                return topic, payload, t
+            if (got.startswith(topic) if topic.endswith("/") else got == topic) and where(payload):
+                return got, payload, t
 
     def telemetry(self, timeout=5.0, where=lambda j: True):
         _, payload, t = self.next("v1/devices/me/telemetry", timeout, lambda p: where(json.loads(p)))
