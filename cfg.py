@@ -33,6 +33,10 @@ API_TOKEN_READS = False  # True: the read-only routes need the token too
 MQTT_HOST = ""
 MQTT_PORT = 1883
 MQTT_TOKEN = ""  # the ThingsBoard device access token
+# Zero-touch: with no MQTT_TOKEN, a device profile's provisioning key and secret get the device its
+# token from ThingsBoard at the first connect (kept on flash in token.json, never printed).
+PROVISION_KEY = ""
+PROVISION_SECRET = ""
 MQTT_KEEPALIVE = 60  # seconds; the device pings before the broker's 1.5x runs out
 MQTT_TIMEOUT_MS = 800  # deadline of each whole broker operation (connect+CONNACK, subscribe+SUBACK,
 # one incoming packet, a queued write); the loop never waits for any of them, it only gives up after this

@@ -2,8 +2,12 @@
 # and each setting that cannot work is turned off, with one console line naming the problem, so a
 # typo costs that entry, never the device (health is always served). streams.py imports this once
 # and drops it: on a low-RAM board the checks cost nothing after boot.
+import os
+
 import cfg
 import hw
+
+TOKEN_FILE = "token.json"  # the token provisioning got (thingsboard.py)
 
 FORMATS = ("boolean", "integer", "float", "string", "timestamp")
 TYPES = ("actuator", "sensor")
@@ -43,12 +47,21 @@ def _problem(spec, ids, pins):
 
 
 def _settings():
-    if cfg.MQTT_HOST and not cfg.MQTT_TOKEN:
-        print("cfg: MQTT_HOST is set but MQTT_TOKEN is empty: telemetry off")
+    provision = getattr(cfg, "PROVISION_KEY", "") and getattr(cfg, "PROVISION_SECRET", "")
+    if cfg.MQTT_HOST and not cfg.MQTT_TOKEN and not provision and not _exists(TOKEN_FILE):
+        print("cfg: MQTT_HOST is set but MQTT_TOKEN is empty (and no PROVISION_KEY/PROVISION_SECRET): telemetry off")
         cfg.MQTT_HOST = ""
     if 0 < cfg.WDT_TIMEOUT_MS < 2000:
         print("cfg: WDT_TIMEOUT_MS %d is below 2000 (the loop turns every 1000 ms): using 2000" % cfg.WDT_TIMEOUT_MS)
         cfg.WDT_TIMEOUT_MS = 2000
+
+
+def _exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
 
 
 def load(make, out):

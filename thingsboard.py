@@ -1,8 +1,9 @@
 # The device on ThingsBoard: telemetry every cfg.TELEMETRY_INTERVAL s and on change, readings kept
 # while offline, server-side RPC, every publish within the session's limits; and the same telemetry,
 # publish-only, to the system's own broker (LOCAL_MQTT_*) when one is set. The rarer exchanges (what
-# the device asks at each connect and the answers, client attributes, shared attributes) are in
-# shared.py, imported when one begins and dropped when it ends; their state lives here. Topics and
+# the device asks at each connect and the answers, client attributes, shared attributes; getting a
+# token by provisioning) are in shared.py and provision.py, each imported when one begins and
+# dropped when it ends; their state lives here. Topics and
 # JSON on top of the MQTT channel (mqtt.py), which does the bytes and never makes the loop wait:
 # what the device asks the platform is answered through the reader, so each question is a request
 # id and a deadline, never a wait.
@@ -13,6 +14,7 @@ import time
 
 import cfg
 import mqtt
+import persist
 import streams
 from http import Writer
 from micropython import const
@@ -30,6 +32,9 @@ TOPICS = (RPC_REQUESTS, ATTRIBUTES, ATTR_RESPONSE + b"+", _RPC_RESPONSE + b"+")
 _RPC_NEST_MAX = const(8)  # brackets in one request: params are flat, and each level costs heap
 INTERVAL_MAX = 86400  # s: the longest telemetry_interval the platform may set (a day)
 LIMITS = b'{"method":"getSessionLimits","params":{}}'  # the device's question (client-side RPC)
+TOKEN_FILE = "token.json"  # the access token provisioning got
+PROVISION_RESPONSE = b"/provision/response"
+PROVISION_WAIT_MS = const(5000)  # for the provisioning answer (the platform creates the device)
 
 _BATCH = const(4)  # buffered readings per message when they are sent after a reconnect
 
@@ -65,10 +70,16 @@ class Telemetry:
         self.sw = {}  # sw_* shared attributes: the software the platform wants on the device
         self.own = 0  # size of the client attributes last published
         self.link = self.local = None
+        token = cfg.MQTT_TOKEN or persist.load(TOKEN_FILE)
+        # No token yet: the link first connects as "provision" to get one (provision.py), then as itself.
+        self.provisioning = bool(cfg.MQTT_HOST and not token)
+        self.token = None  # the token provisioning got, until the loop has stored it
+        self.until = None  # the deadline of the provisioning answer
         if cfg.MQTT_HOST:
-            self.link = mqtt.Channel(cfg.MQTT_HOST, cfg.MQTT_PORT, "tb_" + cfg.OSID, cfg.MQTT_TOKEN,
+            who, topics = ("provision", (PROVISION_RESPONSE,)) if self.provisioning else ("tb_" + cfg.OSID, TOPICS)
+            self.link = mqtt.Channel(cfg.MQTT_HOST, cfg.MQTT_PORT, who, "provision" if self.provisioning else token,
                                      cfg.MQTT_KEEPALIVE, cfg.MQTT_TIMEOUT_MS, getattr(cfg, "MQTT_MAX_PACKET", 2304),
-                                     TOPICS, self._connected, self._message)
+                                     topics, self._connected, self._message)
         if local:
             # Publish-only: no subscription, so its receive buffer only ever holds CONNACK, PINGRESP, PUBACK.
             self.local = mqtt.Channel(local, getattr(cfg, "LOCAL_MQTT_PORT", 1883), "ds_" + cfg.OSID, None,
@@ -89,7 +100,7 @@ class Telemetry:
 
     @property
     def connected(self):
-        return self.link is not None and self.link.state == mqtt.UP
+        return self.link is not None and self.link.state == mqtt.UP and not self.provisioning
 
     def state_json(self):
         """ThingsBoard's link as a JSON string, for /Datastreams/health."""
@@ -105,6 +116,16 @@ class Telemetry:
         wait = cfg.TELEMETRY_INTERVAL * 1000
         for link in self.links:
             wait = min(wait, link.service(now))
+        if self.token is not None:
+            self.call("provision", "store")  # from the loop, not in the message callback
+        elif self.until is not None:
+            if self.link.state != mqtt.UP:
+                self.until = None  # asked again at the next connect
+            elif time.ticks_diff(now, self.until) >= 0:
+                self.until = None
+                self.link.drop("no provisioning answer within %d ms" % PROVISION_WAIT_MS)
+            else:
+                wait = min(wait, time.ticks_diff(self.until, now))
         if self.limits_until is not None:
             if not self.connected:
                 self.limits_until = None  # asked again at the next connect
@@ -137,20 +158,25 @@ class Telemetry:
 
     def _connected(self):
         print("mqtt: connected to %s:%d" % (cfg.MQTT_HOST, cfg.MQTT_PORT))
-        self.platform("connected")
+        if self.provisioning:
+            self.call("provision", "ask")
+        else:
+            self.platform("connected")
 
     def platform(self, fn, *args):
-        """shared.<fn>(self, *args): the code of the rarer exchanges with the platform is imported
-        when one begins and dropped when it ends, as check.py is at boot: at rest it costs nothing.
-        The connect's exchange spans messages (its answers, or their deadline): it stays imported
-        meanwhile, so that each answer does not import it again."""
-        import shared
+        return self.call("shared", fn, *args)
 
+    def call(self, module, fn, *args):
+        """module.<fn>(self, *args): the code of the rarer exchanges with the platform is imported
+        when one begins and dropped when it ends, as check.py is at boot: at rest it costs nothing.
+        The connect's exchange spans messages (its answers, or their deadline): shared.py stays
+        imported meanwhile, so that each answer does not import it again."""
+        mod = __import__(module)
         try:
-            return getattr(shared, fn)(self, *args)
+            return getattr(mod, fn)(self, *args)
         finally:
-            if self.limits_until is None:
-                sys.modules.pop("shared", None)
+            if module != "shared" or self.limits_until is None:
+                sys.modules.pop(module, None)
 
     # --- telemetry ---------------------------------------------------------------------------
     def _send(self, which, with_mem):
@@ -192,6 +218,8 @@ class Telemetry:
         return not m or 4 + len(topic) + (payload if isinstance(payload, int) else len(payload)) <= m
 
     def publish(self, topic, payload):
+        if self.provisioning:
+            return False  # a provisioning session takes nothing else: readings are kept
         if not self.fits(topic, payload):
             if self.connected:
                 self.failed += 1
@@ -246,6 +274,9 @@ class Telemetry:
         """Route a message by its topic. A retained one is an old message the broker keeps: it is
         never acted on (again), as on every reconnect it would be."""
         if retained:
+            return
+        if self.provisioning:
+            self.call("provision", "answer", payload)
             return
         t = bytes(topic)
         if t.startswith(RPC_REQUEST):
@@ -306,8 +337,9 @@ class Telemetry:
     def status(self, c):
         now = time.ticks_ms()
         link = self.link
-        c.add(b'{"enabled":%s,"connected":%s,"host":' % (
-            b"true" if self.enabled else b"false", b"true" if self.connected else b"false"))
+        c.add(b'{"enabled":%s,"connected":%s,"provisioning":%s,"host":' % (
+            b"true" if self.enabled else b"false", b"true" if self.connected else b"false",
+            b"true" if self.provisioning else b"false"))
         if link is None:
             c.add(b'null,"port":null')
         else:

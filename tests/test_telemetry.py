@@ -16,13 +16,15 @@ TOKEN = "tb-device-token"
 class Platform:
     """The ThingsBoard side: subscribes to everything the device sends, sends RPC requests."""
 
+    TOPICS = [("v1/devices/me/#", 1)]
+
     def __init__(self, port, persistent=False):
         self.messages = queue.Queue()
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="platform-peer",
                              clean_session=not persistent)
         self.c.on_message = lambda c, u, m: self.messages.put((m.topic, m.payload, time.monotonic()))
         self.subscribed = threading.Event()
-        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe("v1/devices/me/#", qos=1)
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(self.TOPICS)
         self.c.on_subscribe = lambda c, u, mid, rc, p: self.subscribed.set()
         self.c.reconnect_delay_set(0.2, 0.5)
         self.c.connect("127.0.0.1", port)
