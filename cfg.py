@@ -42,6 +42,10 @@ MQTT_CERT = ""  # X.509 device credentials (files on flash): with them MQTT_TOKE
 MQTT_KEY = ""
 MQTT_TLS_TIMEOUT_MS = 5000  # deadline of the whole TLS connect (TCP, handshake, CONNACK): an ESP32
 # spends 1-3 s of CPU on a handshake, in steps during which the loop waits
+# Zero-touch: with no MQTT_TOKEN, a device profile's provisioning key and secret get the device its
+# token from ThingsBoard at the first connect (kept on flash in token.json, never printed).
+PROVISION_KEY = ""
+PROVISION_SECRET = ""
 MQTT_KEEPALIVE = 60  # seconds; the device pings before the broker's 1.5x runs out
 MQTT_TIMEOUT_MS = 800  # deadline of each whole broker operation (connect+CONNACK, subscribe+SUBACK,
 # one incoming packet, a queued write); the loop never waits for any of them, it only gives up after this

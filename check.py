@@ -7,6 +7,8 @@ import os
 import cfg
 import hw
 
+TOKEN_FILE = "token.json"  # the token provisioning got (thingsboard.py)
+
 FORMATS = ("boolean", "integer", "float", "string", "timestamp")
 TYPES = ("actuator", "sensor")
 _ONLY = {"pwm": "actuator", "adc": "sensor", "rtc": "sensor", "mcu_temp": "sensor", "mem_free": "sensor"}
@@ -53,8 +55,10 @@ def _settings():
     for name, default in _LATER:
         if not hasattr(cfg, name):
             setattr(cfg, name, default)
-    if cfg.MQTT_HOST and not cfg.MQTT_TOKEN and not (cfg.MQTT_TLS and cfg.MQTT_CERT):
-        print("cfg: MQTT_HOST is set but MQTT_TOKEN is empty: telemetry off")
+    provision = getattr(cfg, "PROVISION_KEY", "") and getattr(cfg, "PROVISION_SECRET", "")
+    if (cfg.MQTT_HOST and not cfg.MQTT_TOKEN and not (cfg.MQTT_TLS and cfg.MQTT_CERT) and not provision
+            and not _exists(TOKEN_FILE)):
+        print("cfg: MQTT_HOST is set but MQTT_TOKEN is empty (and no PROVISION_KEY/PROVISION_SECRET): telemetry off")
         cfg.MQTT_HOST = ""
     why = _tls_problem() if cfg.MQTT_HOST and cfg.MQTT_TLS else None
     if why:
@@ -79,6 +83,14 @@ def _tls_problem():
             except OSError:
                 return "%s %r is not on the flash (upload.sh sends it)" % (name, path)
     return None
+
+
+def _exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
 
 
 def load(make, out):

@@ -6,6 +6,11 @@ import sys
 import time
 
 import cfg
+
+# Taken before the other imports and freed right before the long-lived buffers (connection slots,
+# the MQTT channels') are placed: the imports leave the heap in small holes, where on a low-RAM
+# board those buffers find no whole block (at 104 KB they failed with 18 KB free in holes of 1.4 KB).
+_hole = bytearray(cfg.HTTP_SLOTS * (cfg.HTTP_BUF + 1024) + getattr(cfg, "MQTT_MAX_PACKET", 2304) + 4096)
 import guard  # counts this boot first; streams (imported by thingsboard) then checks cfg
 import http
 import router
@@ -39,17 +44,19 @@ def _safe_routes():
 
 def run():
     size = max(cfg.HTTP_BUF, http.HEAD_ROOM + streams.body_max())
-    # The slot buffers first, the largest blocks, while the heap is least fragmented: the imports'
+    # The slot buffers first, the largest blocks, into the hole kept for them: the imports'
     # leftovers are collected, and nothing else has been placed yet.
+    global _hole
+    del _hole
     gc.collect()
     server = http.Server(router.handle, cfg.HTTP_BIND, cfg.HTTP_PORT, cfg.HTTP_SLOTS, size, cfg.HTTP_TIMEOUT_MS,
                          getattr(cfg, "HTTP_QUEUE", 3))  # a board's cfg.py older than this key works
     wifi = Wifi()
+    streams.restore()  # the actuators' boot values, and what the platform set last (shared attributes)
     telemetry = thingsboard.Telemetry(wifi.ip)
     if guard.SAFE:
         _safe_routes()
     router.setup(telemetry)
-    streams.restore()
     poller = select.poll()
     server.attach(poller)
     telemetry.attach(poller)

@@ -3,13 +3,13 @@
 # written into the same buffer that holds the request.
 import gc
 import json
-import os
 import sys
 import time
 
 import cfg
 import guard
 import hw
+import persist
 
 VERSION = "1.0.0"
 VALUE_MAX = 64  # longest value text; keeps every response within its buffer
@@ -154,41 +154,51 @@ def reason(e):
 
 
 # --- state restore: each actuator's cfg "restore" ("off", "on", "last") is applied at boot; the
-# values of the "last" ones are kept in a small file on flash, written on change but at most once
-# per STATE_SAVE_INTERVAL to spare the flash (a change inside the interval is written when it ends).
+# values of the "last" ones, and the values the platform set (shared attributes, `platform`), are
+# kept in a small file on flash, written on change but at most once per STATE_SAVE_INTERVAL to spare
+# the flash (a change inside the interval is written when it ends).
 STATE_FILE = "state.json"
-_saved = {}  # id -> value in STATE_FILE, for the "last" actuators
+platform = {}  # shared attribute -> the value last applied (shared.py); kept under "_platform"
+_saved = {}  # what STATE_FILE holds: id -> value for the "last" actuators, and "_platform"
 _dirty = False
 _wrote = None  # tick of the last write
 _INTERVAL_MS = getattr(cfg, "STATE_SAVE_INTERVAL", 10) * 1000  # a board's cfg.py older than this key works
 
 
+def _parsed(s, v):
+    """A kept value checked as a command would be (the stream's format or range may have changed
+    since it was kept); None if it no longer fits."""
+    if v is True or v is False:
+        v = "on" if v else "off"
+    try:
+        return s.parse(str(v))
+    except ValueError:
+        return None
+
+
 def _boot_value(s, mode, saved):
-    if mode == "last" and s.id in saved:
-        v = saved[s.id]
-        if v is True or v is False:
-            v = "on" if v else "off"
-        try:  # checked as a command would be: the stream's format or range may have changed since
-            return s.parse(str(v))
-        except ValueError:
-            pass  # falls back to off
+    v = _parsed(s, saved[s.id]) if mode == "last" and s.id in saved else None
+    if v is None and s.id in platform:  # the platform's value wins over a fixed "off"/"on"
+        v = _parsed(s, platform[s.id])
+    if v is not None:
+        return v
     if s.format == "boolean":
         return mode == "on"
     if s.format in ("integer", "float"):
         edge = s.hi if mode == "on" else s.lo
         return edge if edge is not None else int(mode == "on")
-    return None  # a text actuator is only restored from its saved value
+    return None  # a text actuator is only restored from a kept value
 
 
 def restore():
-    """Drive every actuator to its boot value; start saving the "last" ones on change."""
-    try:
-        with open(STATE_FILE) as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
-        saved = {}
+    """Drive every actuator to its boot value: its last value when its cfg "restore" is "last"
+    (whoever set it), else the platform's value if one was set, else "off"/"on"; start saving."""
+    saved = persist.load(STATE_FILE)
     if not isinstance(saved, dict):
         saved = {}
+    if isinstance(saved.get("_platform"), dict):
+        platform.update(saved["_platform"])
+        _saved["_platform"] = saved["_platform"]
     for s in STREAMS:
         if not s.actuator:
             continue
@@ -201,20 +211,24 @@ def restore():
                 _saved[s.id] = s.value()
         except Exception as e:  # one broken actuator must not stop the boot
             print("restore: %s: %r" % (s.id, e))
-    if _saved:
-        on_change.append(_changed)
+    on_change.append(_changed)
 
 
 def _changed(s):
     # Only marked here: the main loop writes it right after the answer, so no flash write sits
     # in a request's (or an RPC callback's) path.
-    global _dirty
     if s.id in _saved:
-        _dirty = True
+        keep()
+
+
+def keep():
+    """Have the state written by the loop (a "last" value or `platform` changed)."""
+    global _dirty
+    _dirty = True
 
 
 def save_due(now):
-    """Write the "last" values if one changed and the interval allows; ms until a write is due, or -1.
+    """Write the kept values if one changed and the interval allows; ms until a write is due, or -1.
     The main loop calls this, so a change inside the interval is written when it ends."""
     global _dirty, _wrote
     if _wrote is not None and time.ticks_diff(now, _wrote) >= _INTERVAL_MS:
@@ -230,18 +244,13 @@ def save_due(now):
             values[sid] = find(sid).value()
         except Exception:
             values[sid] = _saved[sid]
+    if platform:
+        values["_platform"] = dict(platform)
     if values == _saved:
         return -1  # back to what the flash holds: nothing to write
     _wrote = now
-    tmp = STATE_FILE + ".tmp"
     try:
-        with open(tmp, "w") as f:
-            json.dump(values, f)
-        try:
-            os.rename(tmp, STATE_FILE)  # a power cut leaves the old file or the new one
-        except OSError:  # FAT does not rename over a file (LittleFS does)
-            os.remove(STATE_FILE)
-            os.rename(tmp, STATE_FILE)
+        persist.write(STATE_FILE, json.dumps(values))
         _saved.update(values)
     except OSError as e:
         _dirty = True  # retried after the interval
@@ -358,13 +367,9 @@ def send_data(c):
     c.finish(200)
 
 
-def _body_value(body):
-    """The command a body {"value": ...} gives: its string, a number as text, true/false."""
-    try:
-        v = json.loads(body)
-    except ValueError:
-        raise ValueError("JSON no valido")
-    v = v.get("value") if isinstance(v, dict) else None
+def command(v):
+    """A JSON value (a body's, an RPC's, a shared attribute's) as the text a SetDatastream
+    `comando` would carry; ValueError if it cannot be one."""
     if v is True or v is False:
         return "true" if v else "false"
     if isinstance(v, (int, float)):
@@ -372,6 +377,15 @@ def _body_value(body):
     if isinstance(v, str):
         return v
     raise ValueError("falta value")
+
+
+def _body_value(body):
+    """The command a body {"value": ...} gives."""
+    try:
+        v = json.loads(body)
+    except ValueError:
+        raise ValueError("JSON no valido")
+    return command(v.get("value") if isinstance(v, dict) else None)
 
 
 def set_datastream(c):

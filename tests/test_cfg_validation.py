@@ -46,7 +46,7 @@ def test_each_bad_entry_is_named_and_left_out(make_firmware, esp32):
         if line:
             assert log.count(line) == 1, (line, log)
     assert log.count("cfg: ") == len([b for b in BAD if b[1]]) + 2, log
-    assert "cfg: MQTT_HOST is set but MQTT_TOKEN is empty: telemetry off" in log
+    assert "cfg: MQTT_HOST is set but MQTT_TOKEN is empty (and no PROVISION_KEY/PROVISION_SECRET): telemetry off" in log
     assert "cfg: WDT_TIMEOUT_MS 500 is below 2000" in log
     assert "Traceback" not in log
     assert fw.alive()

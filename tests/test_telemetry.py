@@ -16,13 +16,15 @@ TOKEN = "tb-device-token"
 class Platform:
     """The ThingsBoard side: subscribes to everything the device sends, sends RPC requests."""
 
+    TOPICS = [("v1/devices/me/#", 1)]
+
     def __init__(self, port, persistent=False):
         self.messages = queue.Queue()
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="platform-peer",
                              clean_session=not persistent)
         self.c.on_message = lambda c, u, m: self.messages.put((m.topic, m.payload, time.monotonic()))
         self.subscribed = threading.Event()
-        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe("v1/devices/me/#", qos=1)
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(self.TOPICS)
         self.c.on_subscribe = lambda c, u, mid, rc, p: self.subscribed.set()
         self.c.reconnect_delay_set(0.2, 0.5)
         self.c.connect("127.0.0.1", port)
@@ -33,19 +35,20 @@ class Platform:
         self.c.loop_stop()
         self.c.disconnect()
 
-    def next(self, topic_prefix, timeout=5.0, where=lambda payload: True):
-        """The next message on a topic starting with topic_prefix (others are skipped)."""
+    def next(self, topic, timeout=5.0, where=lambda payload: True):
+        """The next message on `topic`, or on any topic under it when it ends with "/" (others
+        are skipped: the device also asks on v1/devices/me/attributes/request/<n>)."""
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError("no message on %s within %.1fs" % (topic_prefix, timeout))
+                raise AssertionError("no message on %s within %.1fs" % (topic, timeout))
             try:
-                topic, payload, t = self.messages.get(timeout=left)
+                got, payload, t = self.messages.get(timeout=left)
             except queue.Empty:
                 continue
-            if topic.startswith(topic_prefix) and where(payload):
-                return topic, payload, t
+            if (got.startswith(topic) if topic.endswith("/") else got == topic) and where(payload):
+                return got, payload, t
 
     def telemetry(self, timeout=5.0, where=lambda j: True):
         _, payload, t = self.next("v1/devices/me/telemetry", timeout, lambda p: where(json.loads(p)))
