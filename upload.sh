@@ -218,7 +218,7 @@ timeout "$probe_timeout" "$ampy" -p "$port" run "$tmp/probe.py" >"$tmp/answer" 2
 tr -d '\r' <"$tmp/answer" >"$tmp/board"  # the board's console ends lines with \r\n
 if [ "$status" = 124 ]; then
     die "no MicroPython REPL answered on $port within ${probe_timeout}s: is it a MicroPython board" \
-        "(flash it with esptool, see README), at the right baud rate, and not held by another program?"
+        "(flash it with esptool, see docs/deploy.md), at the right baud rate, and not held by another program?"
 elif [ "$status" != 0 ]; then
     die "could not talk to a MicroPython board on $port: $(ampy_error)"
 fi
@@ -229,7 +229,7 @@ for built in "$tmp"/build/*.mpy; do  # byte 1 of a .mpy is its format version
     built_mpy=$(od -An -tu1 -j1 -N1 "$built" | tr -d ' ')
     [ "$board_mpy" = "$built_mpy" ] ||
         die "the board's MicroPython loads .mpy v$board_mpy, mpy-cross makes v$built_mpy:" \
-            "update MicroPython on the board (see README) or upload sources with --no-compile"
+            "update MicroPython on the board (see docs/deploy.md) or upload sources with --no-compile"
     break
 done
 
@@ -237,7 +237,7 @@ done
 if [ "$romfs" = 1 ]; then
     grep -q '^@romfs 1$' "$tmp/board" ||
         die "the board's MicroPython has no ROMFS (vfs.rom_ioctl): flash an image built from" \
-            "boards/ESP32_ROMFS (README \"Build your own image\"), or upload without --romfs"
+            "boards/ESP32_ROMFS (docs/deploy.md \"Build your own image\"), or upload without --romfs"
     echo "  romfs  $(find "$rom" -name '*.mpy' | wc -l) modules, with mpremote romfs deploy"
     flock -u 9 2>/dev/null || true
     "$mpremote" connect "$port" romfs deploy "$rom" >"$tmp/romfs.log" 2>&1 ||

@@ -1,5 +1,5 @@
 # The firmware frozen into a MicroPython image: the modules' bytecode and constants then stay in
-# flash and are read in place, and only what they create at run time takes heap (README "Build your
+# flash and are read in place, and only what they create at run time takes heap (docs/deploy.md "Build your
 # own image"). For an ESP32 image, from MicroPython's source (with its submodules):
 #   make -C ports/esp32 BOARD=ESP32_GENERIC FROZEN_MANIFEST=/path/to/this/repo/boards/manifest.py
 # What is frozen, and what stays on the filesystem:

@@ -28,7 +28,7 @@ fi
 # a small heap, so a regression in memory use fails CI. LOWRAM_HEAP sits a little above the
 # smallest heap these tests pass in (96K when it was set; 108K since the ThingsBoard exchanges of
 # #12 and the control page: about 3.5 KB more at rest on 64-bit); the ESP32-path tests are left
-# out, as their test doubles take heap a board does not spend. README "Verified without hardware".
+# out, as their test doubles take heap a board does not spend. docs/design.md "Verified without hardware".
 if [ "$status" = 0 ] && [ $# = 0 ]; then
     echo "test.sh: low-RAM profile: .mpy, heap ${LOWRAM_HEAP:-108K}"
     TEST_MPY=1 TEST_HEAP="${LOWRAM_HEAP:-108K}" "$bin/pytest" -q -p no:cacheprovider -k "not esp32" \

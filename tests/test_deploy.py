@@ -1,4 +1,4 @@
-"""Deploying as the README says, minus the real board: upload.sh (with the real ampy) onto a virtual
+"""Deploying as docs/deploy.md says, minus the real board: upload.sh (with the real ampy) onto a virtual
 board (host/vboard.py: a pty speaking the MicroPython REPL, code running in a real micropython whose
 / is a flash folder), the firmware booting from that flash, test_http.sh passing against it."""
 import fcntl

@@ -4,7 +4,7 @@
 # imported in place: their bytecode stays in flash. Build it from MicroPython's source (ESP-IDF set up
 # as ports/esp32/README.md says), flash it like a stock image, then ./upload.sh --romfs:
 #   make -C ports/esp32 BOARD_DIR=/path/to/this/repo/boards/ESP32_ROMFS
-# README "Build your own image" has the figures.
+# docs/deploy.md "Build your own image" has the figures.
 set(SDKCONFIG_DEFAULTS
     boards/sdkconfig.base
     boards/sdkconfig.ble
