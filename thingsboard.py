@@ -72,7 +72,8 @@ class Telemetry:
         self.link = self.local = None
         token = cfg.MQTT_TOKEN or persist.load(TOKEN_FILE)
         # No token yet: the link first connects as "provision" to get one (provision.py), then as itself.
-        self.provisioning = bool(cfg.MQTT_HOST and not token)
+        # (With X.509 credentials the certificate is the identity: no token, and nothing to provision.)
+        self.provisioning = bool(cfg.MQTT_HOST and not token and not (cfg.MQTT_TLS and cfg.MQTT_CERT))
         self.token = None  # the token provisioning got, until the loop has stored it
         self.until = None  # the deadline of the provisioning answer
         if cfg.MQTT_HOST:
