@@ -79,7 +79,7 @@ def handle(c):
     m = c.method
     if m == OPTIONS:
         c.finish(204, None, b"Allow: %s\r\n%sAccess-Control-Allow-Methods: %s\r\n"
-                 b"Access-Control-Allow-Headers: Authorization\r\n" % (allow, CORS, allow))
+                 b"Access-Control-Allow-Headers: Authorization, Content-Type\r\n" % (allow, CORS, allow))
     elif m == method or (m == HEAD and method == GET):
         if (method == POST or _LOCK_READS and handler is not _page) and not authorized(c):
             c.error(401, b"No autorizado", b"WWW-Authenticate: Bearer\r\n")

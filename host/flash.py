@@ -42,7 +42,7 @@ def build(dest, overrides=None, mpy=False):
                 f.write(cfg_text(overrides))
         elif mpy and name not in ("boot.py", "main.py"):
             out = os.path.join(dest, name[:-3] + ".mpy")
-            subprocess.run([MPY_CROSS, "-o", out, src], check=True)
+            subprocess.run([MPY_CROSS, "-s", name, "-o", out, src], check=True)  # as upload.sh: no checkout path inside
         else:
             shutil.copy(src, os.path.join(dest, name))
     pack.pack(dest)

@@ -26,12 +26,13 @@ if [ "$status" = 5 ]; then
 fi
 # The low-RAM profile (whole runs only): the end-to-end part again with the firmware as .mpy under
 # a small heap, so a regression in memory use fails CI. LOWRAM_HEAP sits a little above the
-# smallest heap these tests pass in (96K when it was set; 108K since the ThingsBoard exchanges of
-# #12 and the control page: about 3.5 KB more at rest on 64-bit); the ESP32-path tests are left
-# out, as their test doubles take heap a board does not spend. docs/design.md "Verified without hardware".
+# smallest heap these tests pass in (96K when it was set; 112K since the ThingsBoard exchanges of
+# #12, TLS and the control page: measured, 108K fails with MemoryError at connect); the ESP32-path
+# tests are left out, as their test doubles take heap a board does not spend. docs/design.md
+# "Verified without hardware".
 if [ "$status" = 0 ] && [ $# = 0 ]; then
-    echo "test.sh: low-RAM profile: .mpy, heap ${LOWRAM_HEAP:-108K}"
-    TEST_MPY=1 TEST_HEAP="${LOWRAM_HEAP:-108K}" "$bin/pytest" -q -p no:cacheprovider -k "not esp32" \
+    echo "test.sh: low-RAM profile: .mpy, heap ${LOWRAM_HEAP:-112K}"
+    TEST_MPY=1 TEST_HEAP="${LOWRAM_HEAP:-112K}" "$bin/pytest" -q -p no:cacheprovider -k "not esp32" \
         tests/test_api.py tests/test_http_faults.py tests/test_telemetry.py tests/test_cfg_validation.py \
         tests/test_units_mpy.py || status=$?
 fi

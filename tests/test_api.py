@@ -149,6 +149,8 @@ def test_head_and_options(device):
     assert abs(int(r.headers["content-length"]) - len(full.body)) <= 3  # uptime/mem digits may differ
     r = device.request("OPTIONS", "/Datastreams/SetDatastream")
     assert r.status == 204 and r.headers["allow"] == "POST, OPTIONS" and r.body == b""
+    # a browser page preflights comando=set with its JSON body: Content-Type must be allowed
+    assert r.headers["access-control-allow-headers"] == "Authorization, Content-Type"
     r = device.request("OPTIONS", "/Datastreams/SendState")
     assert r.status == 204 and r.headers["allow"] == "GET, HEAD, OPTIONS"
 
