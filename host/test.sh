@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the whole test suite from a fresh machine: set-up, then pytest (extra arguments go to pytest).
 # --quick: only the tests marked quick (each feature once, end to end; under a minute), for a first
-# check; the whole suite takes ~8 minutes on 2 cores and prints a dot per test.
+# check; the whole suite takes ~10 minutes on 2 cores and prints a dot per test.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 quick=()
@@ -12,7 +12,7 @@ fi
 bin=$("$root/host/setup.sh")
 cd "$root"
 if [ ${#quick[@]} -eq 0 ] && [ $# = 0 ]; then
-    echo "test.sh: the whole suite, ~8 minutes on 2 cores (./host/test.sh --quick: a first check in under a minute)"
+    echo "test.sh: the whole suite, ~10 minutes on 2 cores (./host/test.sh --quick: a first check in under a minute)"
 fi
 status=0
 start=$SECONDS
