@@ -114,6 +114,15 @@ def test_the_led_switch_changes_sendstate_and_follows_the_device(chromium, devic
     page.wait_js("document.querySelector(%s).innerText == 'on'" % json.dumps(sel("led", ".switch")))
     page.click(switch)
     wait_value(device, "led", "false")
+    # three quick flips, each before the last is answered: the device ends as the switch shows
+    for _ in range(3):
+        page.click(switch)
+    wait_value(device, "led", "true")
+    page.wait_js("document.querySelector(%s).innerText == 'on'" % json.dumps(sel("led", ".switch")))
+    time.sleep(0.5)
+    assert value(device, "led") == "true" and page.eval("document.querySelector(%s).checked" % json.dumps(switch))
+    page.click(switch)
+    wait_value(device, "led", "false")
     # changed by another client: the page shows it at its next poll
     device.post("/Datastreams/SetDatastream?osid=%s&idDataStream=led&comando=on" % OSID)
     page.wait_js("document.querySelector(%s).checked" % json.dumps(switch), timeout=8)
