@@ -158,13 +158,13 @@ def across(out, suffix):
     64-bit build, bench.py --micropython runs, layouts) side by side, with the microdot and floor
     peers of the same run for the ratios to stay within one interpreter."""
     runs = []
-    paths = glob.glob(os.path.join(out, "figures*%s.json" % suffix))
-    for path in sorted(paths, key=lambda p: (os.path.basename(p) != "figures%s.json" % suffix, p)):
-        name = os.path.basename(path)[len("figures"):-len(suffix + ".json")].strip("-") or "64bit (pinned)"
+    for path in glob.glob(os.path.join(out, "figures*%s.json" % suffix)):
+        name = os.path.basename(path)[len("figures"):-len(suffix + ".json")].strip("-")
         if suffix == "" and name.endswith("quick"):
             continue
         with open(path) as f:
-            runs.append((name, json.load(f)))
+            runs.append((name or "64bit (pinned)", json.load(f)))
+    runs.sort(key=lambda r: (r[0] != "64bit (pinned)", r[0]))  # then 32bit, 32bit-frozen, 32bit-romfs
     if len(runs) < 2:
         return []
     lines = ["", "The firmware across interpreters and layouts (each column one run of bench/run.sh; "
