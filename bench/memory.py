@@ -210,8 +210,10 @@ def _measure(work, layout, per_request, min_heap, log):
             m = re.search(r"(\d+) slots of (\d+) B", s.log())
             fig["parts"] = parts(s.lines, m.groups() if m else None)
             fig["where_total"] = s.ready[0]
-        if per_request:
+        if per_request:  # the full run's counts (10 to warm up, 200 measured): a rare allocation averages out
+            b.quick = False
             b.alloc(("firmware",), mpy=True)
+            b.quick = True
             fig["per_request"] = {k[6:]: round(v) for k, v in b.fig["firmware"].items() if k.startswith("alloc_")}
         if min_heap:  # the bench's full bisection: 5,000 mixed requests at concurrency 4, 1 KB steps
             b.quick = False
