@@ -235,8 +235,8 @@ class Telemetry:
             return False
         if self.link.publish(topic, payload, cfg.MQTT_QOS):
             return True
-        if self.connected:
-            self.failed += 1  # up, yet not sent: the link dropped, or too many await PUBACK
+        if self.connected and (self.link.room() or not cfg.MQTT_QOS):
+            self.failed += 1  # up, yet not sent: the link dropped (QoS 1 with 8 awaiting PUBACK only defers)
         return False
 
     def _keep(self, record):
