@@ -242,7 +242,7 @@ def use_interpreter(micropython, mpy_cross=None):
         with open(os.path.join(d, "t.mpy"), "rb") as f:
             made = f.read(2)[1]
     if int(got[0]) != made:
-        raise SystemExit("bench: %s loads .mpy v%s, %s makes v%d: give --mpy-cross (bench/build32.sh builds one)"
+        raise SystemExit("bench: %s loads .mpy v%s, %s makes v%d: give --mpy-cross (the one built with that interpreter)"
                          % (servers.flash.MICROPYTHON, got[0], servers.flash.MPY_CROSS, made))
     return "" if not micropython else ("-64bit" if got[1] == "True" else "-32bit")
 
@@ -252,11 +252,11 @@ def main():
     ap.add_argument("--quick", action="store_true", help="every benchmark, briefly (CI)")
     ap.add_argument("--out", default=os.path.join(servers.HERE, "results"))
     ap.add_argument("--micropython", help="run every figure on this interpreter (e.g. a 32-bit build from "
-                    "bench/build32.sh); results go to figures-32bit.md beside the pinned build's")
+                    "a 32-bit build of the unix port); results go to figures-32bit.md beside the pinned build's")
     ap.add_argument("--mpy-cross", help="compile with this mpy-cross (when the pinned one's .mpy format differs)")
     ap.add_argument("--layout", choices=servers.LAYOUTS, default="mpy",
                     help="the firmware's modules as .mpy files (upload.sh), frozen into the interpreter "
-                    "(a build32.sh --frozen build) or in a ROMFS image (a build32.sh --romfs build)")
+                    "(an interpreter built with boards/manifest.py frozen) or in a ROMFS image")
     args = ap.parse_args()
     import report
 

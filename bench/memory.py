@@ -1,5 +1,5 @@
 """The firmware's memory as a board sees it, measured from outside on any MicroPython unix build
-(the pinned 64-bit one, or a 32-bit build from bench/build32.sh), with the bench's cfg.py (8
+(the pinned 64-bit one, or a 32-bit build of the unix port), with the bench's cfg.py (8
 streams, telemetry on to a local mosquitto): the heap in use once serving, where it goes, each
 module's import cost and the heap allocated per request; and the memory budget in bench/budget.json
 that tests/test_budget.py holds every change to.

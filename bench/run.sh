@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks from a fresh clone: the project's set-up, the bench's pinned extras (microdot,
 # matplotlib) into the same venv, then the run. Options go to bench.py: --quick (CI), --out DIR,
-# --micropython PATH (every figure on that interpreter, e.g. bench/build32.sh's 32-bit build),
+# --micropython PATH (every figure on that interpreter, e.g. a 32-bit build of the unix port),
 # --mpy-cross PATH, --layout mpy|frozen|romfs.
 # --budget [--micropython PATH] [--layout ...]: the memory figures only (bench/memory.py), recorded
 # in bench/budget.json (the figures tests/test_budget.py holds changes to) and bench/results/memory.md.

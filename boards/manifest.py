@@ -11,7 +11,7 @@
 #   `./upload.sh --config` (a file beside the frozen modules wins over them on import, so a module
 #   uploaded as .py/.mpy later also overrides its frozen twin);
 # - the port's own manifest comes first (ESP32: ntptime, which wifi.py uses, asyncio, ...);
-#   bench/build32.sh leaves it out (port_manifest=False) for the unix port.
+#   a unix-port build for measuring leaves it out (port_manifest=False).
 import glob
 import os
 

