@@ -16,6 +16,8 @@ if [ ${#quick[@]} -eq 0 ] && [ $# = 0 ]; then
 fi
 status=0
 start=$SECONDS
+# The low-RAM profile's heap (below), exported: tests/test_page.py serves the page in it too.
+export LOWRAM_HEAP=${LOWRAM_HEAP:-112K}
 "$bin/pytest" -q -p no:cacheprovider tests "${quick[@]}" "$@" || status=$?
 if [ ${#quick[@]} -gt 0 ]; then
     echo "test.sh: quick subset, $((SECONDS - start)) s"
@@ -31,8 +33,8 @@ fi
 # tests are left out, as their test doubles take heap a board does not spend. docs/design.md
 # "Verified without hardware".
 if [ "$status" = 0 ] && [ $# = 0 ]; then
-    echo "test.sh: low-RAM profile: .mpy, heap ${LOWRAM_HEAP:-112K}"
-    TEST_MPY=1 TEST_HEAP="${LOWRAM_HEAP:-112K}" "$bin/pytest" -q -p no:cacheprovider -k "not esp32" \
+    echo "test.sh: low-RAM profile: .mpy, heap $LOWRAM_HEAP"
+    TEST_MPY=1 TEST_HEAP="$LOWRAM_HEAP" "$bin/pytest" -q -p no:cacheprovider -k "not esp32" \
         tests/test_api.py tests/test_http_faults.py tests/test_telemetry.py tests/test_cfg_validation.py \
         tests/test_units_mpy.py || status=$?
 fi
