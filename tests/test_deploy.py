@@ -3,6 +3,8 @@ board (host/vboard.py: a pty speaking the MicroPython REPL, code running in a re
 / is a flash folder), the firmware booting from that flash, test_http.sh passing against it."""
 import fcntl
 import glob
+import hashlib
+import json
 import os
 import pty
 import select
@@ -15,6 +17,8 @@ import tty
 import pytest
 
 from conftest import ROOT, flash, free_port, wait_port
+
+import package  # noqa: E402 (host/, on the path through conftest)
 
 BIN = os.path.join(ROOT, ".venv", "bin")
 MODULES = [n for n in flash.FIRMWARE if n not in ("boot.py", "main.py", "cfg.py")]
@@ -342,3 +346,56 @@ def test_scripts_are_shellcheck_clean():
     p = subprocess.run(["shellcheck", "upload.sh", "test_http.sh", "bench/run.sh"], cwd=ROOT,
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stdout
+
+
+def read_package(path):
+    """(manifest, [(name, bytes)]) of a dspkg/1 file, read as a device reads it: the first line, then
+    each file's size in bytes."""
+    with open(path, "rb") as f:
+        manifest = json.loads(f.readline())
+        files = [(name, f.read(size)) for name, size, _ in manifest["files"]]
+        assert f.read() == b"", "nothing after the last file"
+    return manifest, files
+
+
+@pytest.mark.quick
+def test_package_for_thingsboard_is_the_uploaded_firmware_less_cfg_and_page(tmp_path):
+    pkg = tmp_path / "fw.pkg"
+    code, out = upload("--package", str(pkg), "--version", "1.4.0-rc1", cwd=str(tmp_path))
+    assert code == 0, out
+    data = pkg.read_bytes()
+    manifest, files = read_package(pkg)
+    assert manifest["format"] == "dspkg/1" and manifest["title"] == "datastream" and manifest["version"] == "1.4.0-rc1"
+    assert data.startswith(json.dumps(manifest, separators=(",", ":")).encode() + b"\n"), "compact JSON, one line"
+    names = [name for name, _ in files]
+    assert names == sorted(n[:-3] + ".mpy" for n in MODULES) + ["boot.py", "main.py"], "what boots goes last"
+    for (name, size, sha), (_, body) in zip(manifest["files"], files):
+        assert len(body) == size and hashlib.sha256(body).hexdigest() == sha, name
+    bodies = dict(files)
+    for name in ("boot.py", "main.py"):
+        with open(os.path.join(ROOT, name), "rb") as f:
+            assert bodies[name] == f.read()
+    assert bodies["http.mpy"][:2] == b"M\x06", "compiled as upload.sh compiles"
+    total = hashlib.sha256(data).hexdigest()
+    assert out == "package.py: %s: datastream 1.4.0-rc1, %d files, %d bytes, sha256 %s\n" % (
+        pkg, len(files), len(data), total), out
+    again = tmp_path / "again.pkg"
+    assert package.build(str(again), "1.4.0-rc1") == (len(data), total), "the same tree, the same checksum"
+
+
+def test_package_bad_arguments_fail_in_one_line_and_write_nothing(tmp_path):
+    pkg = str(tmp_path / "fw.pkg")
+    for args, told in (
+            ((pkg,), "upload.sh: --package needs --version V (the package's sw_version)"),
+            ((pkg, "--version", "1 0"), "package.py: version '1 0': 1 to 32 characters, no spaces or quotes"),
+            ((pkg, "--version", "v" * 33), "package.py: version '%s': 1 to 32 characters" % ("v" * 33)),
+            ((pkg, "--version", "1", "--title", "it's"), "package.py: title \"it's\": 1 to 32 characters"),
+            ((pkg, "--version", "1", "--all"), "upload.sh: --package writes a file and talks to no board: leave out --all"),
+            ((pkg, "--version", "1", "/dev/ttyUSB0"), "upload.sh: --package writes a file and talks to no board: leave"
+                                                      " out /dev/ttyUSB0"),
+            ((pkg, "--version"), "upload.sh: --version takes a value")):
+        code, out = upload("--package", *args)
+        assert code != 0 and out.startswith(told) and out.count("\n") == 1, (args, out)
+    code, out = upload("--version", "1", "--title", "x")
+    assert code != 0 and out == "upload.sh: --version and --title go with --package FILE\n", out
+    assert os.listdir(tmp_path) == []
