@@ -6,7 +6,9 @@ import glob
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, ".venv", "bin")
@@ -67,7 +69,7 @@ def command(flash, heap="128K", esp32=False, stoppable=False):
 
 
 def lock(flash):
-    """Hold `flash`.lock for as long as this process lives, exec included (the firmware inherits the
+    """Hold `flash`.lock for as long as this process lives (the firmware it starts inherits the
     descriptor), so a second run.sh cannot rebuild a folder the first one is running from.
     Returns None, or the pid of the run that holds it."""
     import fcntl
@@ -81,9 +83,74 @@ def lock(flash):
         os.close(fd)
         return holder or "?"
     os.ftruncate(fd, 0)
-    os.write(fd, b"%d\n" % os.getpid())  # exec keeps the pid: it is the firmware's
-    os.set_inheritable(fd, True)
+    os.write(fd, b"%d\n" % os.getpid())  # the supervisor's: stopping it stops the firmware
+    os.set_inheritable(fd, True)  # the firmware holds it too, should the supervisor die first
     return None
+
+
+RESET = 3  # the exit code of a firmware that resets itself on purpose (after an update or a rollback)
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def supervise(flash_dir, heap="128K", esp32=False, stoppable=False):
+    """Run the firmware from `flash_dir` as a child, and again from the same folder whenever it exits
+    with a code other than 0, as a board resets: 3 when it resets itself on purpose, 1 on a crash.
+    It ends when the firmware exits 0 (Ctrl-C), when a signal kills the firmware, or when the
+    supervisor is told to stop (SIGINT, SIGTERM, SIGHUP): then it stops the firmware too, quietly.
+    The running child's pid is in `flash_dir`.pid. Returns the exit status for the supervisor."""
+    argv, env = command(flash_dir, heap, esp32, stoppable)
+    told = []  # the signal that asked us to stop; the handler only notes it, the loop acts on it
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, lambda signum, frame: told.append(signum))
+    pidfile = flash_dir.rstrip("/") + ".pid"
+    try:
+        while not told:
+            # close_fds=False: the firmware inherits the lock of run.sh (the only inheritable descriptor)
+            child = subprocess.Popen(argv, cwd=flash_dir, env=env, close_fds=False)
+            with open(pidfile, "w") as f:
+                f.write("%d\n" % child.pid)
+            code = _wait(child, told)
+            if told:
+                _stop(child, told[0])
+                return 0
+            if code == 0 or code < 0:  # Ctrl-C ended it, or someone killed it: a stop, not a reset
+                return 0 if code == 0 else 128 - code
+            why = "reset itself" if code == RESET else "exited with code %d" % code
+            print("run.sh: the firmware %s: starting it again from %s, as a board resets" % (why, flash_dir), flush=True)
+            time.sleep(0.5)
+        return 0
+    finally:
+        if os.path.exists(pidfile):
+            os.remove(pidfile)
+
+
+def _wait(child, told):
+    """The child's exit code, or None as soon as a stop is asked for (checked 10 times a second)."""
+    while not told:
+        try:
+            return child.wait(0.1)
+        except subprocess.TimeoutExpired:
+            pass
+    return None
+
+
+def _stop(child, signum):
+    """Stop the firmware: SIGTERM, then SIGKILL after 5 s. On Ctrl-C the terminal signalled the
+    firmware too (the whole foreground group): it gets 2 s to end by itself first, with its own
+    line, rather than a second signal (twice SIGINT kills MicroPython at once)."""
+    if signum == signal.SIGINT:
+        try:
+            child.wait(2)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(5)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
 
 def port_taken(addr, port):
@@ -122,7 +189,8 @@ def check_bind(addr):
 if __name__ == "__main__":
     import argparse
 
-    ap = argparse.ArgumentParser(description="Build a flash folder and boot the firmware from it.")
+    ap = argparse.ArgumentParser(description="Build a flash folder and boot the firmware from it; a reset (the"
+                                             " firmware exiting with a code other than 0) boots it again.")
     ap.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8003")))
     ap.add_argument("--bind", default=os.environ.get("BIND", "127.0.0.1"),
                     help="address to listen on: 127.0.0.1 (this machine only), 0.0.0.0 (every interface:"
@@ -134,7 +202,11 @@ if __name__ == "__main__":
     ap.add_argument("--source", action="store_true",
                     help="run the modules from .py (by default they are precompiled to .mpy, as upload.sh does)")
     ap.add_argument("--esp32", action="store_true", help="the ESP32 code path, on the test doubles (board.json)")
+    ap.add_argument("--supervise", metavar="DIR", help="only run the firmware of the flash folder DIR, as it is"
+                    " (no build, no checks), again after each reset: for the tests")
     args = ap.parse_args()
+    if args.supervise:
+        raise SystemExit(supervise(args.supervise, args.heap, args.esp32))
     flash_dir = args.flash or os.path.join(ROOT, ".flash", str(args.port))
     why = check_bind(args.bind)
     if why:
@@ -153,10 +225,8 @@ if __name__ == "__main__":
         over.update(MQTT_HOST=host, MQTT_PORT=int(port or 1883), MQTT_TOKEN=os.environ.get("TB_TOKEN", "host-demo"))
     shutil.rmtree(flash_dir, ignore_errors=True)
     build(flash_dir, over, mpy=not args.source)
-    argv, env = command(flash_dir, args.heap, args.esp32, stoppable=True)
     where = "127.0.0.1" if args.bind == "0.0.0.0" else args.bind
     print("flash folder %s, heap %s: firmware on http://%s:%d/%s (Ctrl-C stops it)" % (
         flash_dir, args.heap, where, args.port, " and every other address of this machine" if args.bind == "0.0.0.0" else ""),
         flush=True)
-    os.chdir(flash_dir)
-    os.execve(argv[0], argv, env)
+    raise SystemExit(supervise(flash_dir, args.heap, args.esp32, stoppable=True))

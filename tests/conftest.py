@@ -3,6 +3,7 @@ out as upload.sh lays out a board, on a free loopback port; a real mosquitto pla
 import getpass
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -70,9 +71,12 @@ class Response:
 class Firmware:
     """One firmware process booted from its own flash folder."""
 
-    def __init__(self, flash_dir, overrides, heap=HEAP, mpy=MPY, extra_files=None, esp32=False):
+    def __init__(self, flash_dir, overrides, heap=HEAP, mpy=MPY, extra_files=None, esp32=False, supervised=False):
         self.flash = flash_dir
         self.esp32 = esp32  # boot on the ESP32 code path, through tests/doubles
+        # supervised: run under host/flash.py --supervise, as run.sh does, so a reset on purpose or a
+        # crash boots the firmware again from the same flash folder, as on a board
+        self.supervised = supervised
         self.port = overrides.setdefault("HTTP_PORT", free_port())
         overrides.setdefault("HTTP_BIND", "127.0.0.1")
         self.overrides = overrides
@@ -86,22 +90,48 @@ class Firmware:
         self.logfile = os.path.join(os.path.dirname(flash_dir), "console-%d.log" % self.port)
 
     def start(self):
-        argv, env = flash.command(self.flash, self.heap, self.esp32)
         self.log_fh = open(self.logfile, "ab")
-        self.proc = subprocess.Popen(argv, cwd=self.flash, env=env, stdout=self.log_fh, stderr=subprocess.STDOUT)
+        if self.supervised:  # in a session of its own, so that kill() takes the firmware with it
+            argv = [sys.executable, os.path.join(ROOT, "host", "flash.py"), "--supervise", self.flash, "--heap", self.heap]
+            self.proc = subprocess.Popen(argv + ["--esp32"] * self.esp32, stdout=self.log_fh, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        else:
+            argv, env = flash.command(self.flash, self.heap, self.esp32)
+            self.proc = subprocess.Popen(argv, cwd=self.flash, env=env, stdout=self.log_fh, stderr=subprocess.STDOUT)
         wait_port(self.port, self.proc)
         return self
 
     def stop(self):
+        """Stop the firmware (a supervisor stops its firmware first: it has 5 s to end)."""
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(5)
+                self.proc.wait(10 if self.supervised else 5)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                self.kill()
         if self.proc:
+            self.proc.wait()
             self.log_fh.close()
+
+    def kill(self):
+        """A power cut: SIGKILL to the firmware and, supervised, to its supervisor, at once (one
+        signal to the supervisor's process group), so nothing boots it again."""
+        if self.supervised:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # both gone already
+        else:
+            self.proc.kill()
+        self.proc.wait()
+        self.log_fh.close()
+
+    def pid(self):
+        """The pid of the running firmware: the supervisor's child, or the process itself."""
+        if not self.supervised:
+            return self.proc.pid
+        with open(self.flash.rstrip("/") + ".pid") as f:
+            return int(f.read())
 
     def log(self):
         with open(self.logfile, "rb") as f:
@@ -147,12 +177,14 @@ class Firmware:
 
 @pytest.fixture
 def make_firmware(tmp_path):
-    """Factory: make_firmware(**cfg_overrides) boots a firmware; all are stopped at teardown."""
+    """Factory: make_firmware(**cfg_overrides) boots a firmware; all are stopped at teardown.
+    supervised=True: a reset or a crash boots it again (Firmware)."""
     started = []
 
-    def make(heap=HEAP, mpy=MPY, extra_files=None, esp32=False, **overrides):
+    def make(heap=HEAP, mpy=MPY, extra_files=None, esp32=False, supervised=False, **overrides):
         d = tmp_path / ("flash%d" % len(started))
-        fw = Firmware(str(d), overrides, heap=heap, mpy=mpy, extra_files=extra_files, esp32=esp32)
+        fw = Firmware(str(d), overrides, heap=heap, mpy=mpy, extra_files=extra_files, esp32=esp32,
+                      supervised=supervised)
         started.append(fw)
         return fw.start()
 

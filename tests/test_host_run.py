@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, free_port, wait_port
+from conftest import ROOT, Firmware, free_port, wait_port
 
 RUN = os.path.join(ROOT, "host", "run.sh")
 OSID = "ObjetoESP32"
@@ -164,3 +164,60 @@ def test_simulated_temperature_drifts_and_never_repeats_with_the_telemetry_perio
     assert all(abs(a - b) < 0.5 for a, b in zip(values, values[1:])), ("smooth", samples)
     assert len(set(samples)) >= 5, ("alive", samples)
     assert samples[0] != samples[20] or samples[1] != samples[21], ("one period apart", samples)
+
+
+# main.py of a firmware that resets itself at its first boot and crashes at its second, then serves
+_RESETS_THEN_CRASHES = """with open("boots", "a") as f:
+    f.write("x")
+n = len(open("boots").read())
+if n <= 2:
+    import sys
+    sys.exit((3, 1)[n - 1])
+import firmware_main
+"""
+
+
+def gone(pid):
+    """Whether no process `pid` is left (a zombie still counts as there: nobody waited for it)."""
+    return not os.path.exists("/proc/%d" % pid)
+
+
+def test_a_reset_or_a_crash_boots_the_firmware_again_from_its_flash_as_a_board_does(tmp_path):
+    fw = Firmware(str(tmp_path / "flash"), {}, supervised=True)
+    os.rename(os.path.join(fw.flash, "main.py"), os.path.join(fw.flash, "firmware_main.py"))
+    with open(os.path.join(fw.flash, "main.py"), "w") as f:
+        f.write(_RESETS_THEN_CRASHES)
+    try:
+        fw.start()  # waits until it serves: the third boot
+        fw.alive()
+        with open(os.path.join(fw.flash, "boots")) as f:
+            assert f.read() == "xxx"
+        log = fw.log()
+        assert log.count("datastream firmware: boot") == 3, log
+        reset = "run.sh: the firmware reset itself: starting it again from %s, as a board resets\n" % fw.flash
+        crash = "run.sh: the firmware exited with code 1: starting it again from %s, as a board resets\n" % fw.flash
+        assert 0 < log.index(reset) < log.index(crash), log
+        child = fw.pid()
+        assert child != fw.proc.pid
+        fw.proc.terminate()  # as the tests stop it: the supervisor stops its firmware, quietly
+        assert fw.proc.wait(10) == 0
+        assert gone(child), "no firmware left behind"
+        assert fw.log() == log, "nothing more on the console"
+        assert not os.path.exists(fw.flash + ".pid")
+
+        fw.start()  # a fourth boot, serving at once
+        child = fw.pid()
+        os.kill(child, signal.SIGKILL)  # killed by someone: a stop, not a reset
+        assert fw.proc.wait(10) == 128 + signal.SIGKILL
+
+        fw.start()
+        child = fw.pid()
+        fw.kill()  # a power cut: the supervisor and the firmware at once
+        deadline = time.monotonic() + 5
+        while not gone(child):  # init reaps the orphan
+            assert time.monotonic() < deadline, "the firmware outlived its supervisor"
+            time.sleep(0.05)
+        with open(os.path.join(fw.flash, "boots")) as f:
+            assert f.read() == "xxxxx", "a power cut boots nothing"
+    finally:
+        fw.stop()
