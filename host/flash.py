@@ -116,7 +116,8 @@ def supervise(flash_dir, heap="128K", esp32=False, stoppable=False):
             if code == 0 or code < 0:  # Ctrl-C ended it, or someone killed it: a stop, not a reset
                 return 0 if code == 0 else 128 - code
             why = "reset itself" if code == RESET else "exited with code %d" % code
-            print("run.sh: the firmware %s: starting it again from %s, as a board resets" % (why, flash_dir), flush=True)
+            print("run.sh: the firmware %s: starting it again from %s, as a board resets" % (why, flash_dir),
+                  flush=True)
             time.sleep(0.5)
         return 0
     finally:

@@ -92,7 +92,8 @@ class Firmware:
     def start(self):
         self.log_fh = open(self.logfile, "ab")
         if self.supervised:  # in a session of its own, so that kill() takes the firmware with it
-            argv = [sys.executable, os.path.join(ROOT, "host", "flash.py"), "--supervise", self.flash, "--heap", self.heap]
+            argv = [sys.executable, os.path.join(ROOT, "host", "flash.py"), "--supervise", self.flash,
+                    "--heap", self.heap]
             self.proc = subprocess.Popen(argv + ["--esp32"] * self.esp32, stdout=self.log_fh, stderr=subprocess.STDOUT,
                                          start_new_session=True)
         else:

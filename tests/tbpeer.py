@@ -34,7 +34,8 @@ class ThingsBoard(Platform):
     id, which the peer takes over to close the device's session (tb_ + its OSID).
 
     Software packages (offer()): chunk requests are answered as MqttTransportHandler answers them;
-    each is recorded in `chunks` as (index, size asked, time.monotonic()). Fault knobs, sets of chunk
+    each is recorded in `chunks` as (index, size asked, time.monotonic()); the size is None when the
+    payload is not a number (the session is closed). Fault knobs, sets of chunk
     indexes the test may change at any time: `corrupt` (one byte of the answer flipped) and `silent`
     (no answer): both apply to every request of an index for as long as it is in the set, so a
     test that wants one bad answer removes the index after it (from on_chunk, say). `on_chunk`:

@@ -390,7 +390,8 @@ def test_package_bad_arguments_fail_in_one_line_and_write_nothing(tmp_path):
             ((pkg, "--version", "1 0"), "package.py: version '1 0': 1 to 32 characters, no spaces or quotes"),
             ((pkg, "--version", "v" * 33), "package.py: version '%s': 1 to 32 characters" % ("v" * 33)),
             ((pkg, "--version", "1", "--title", "it's"), "package.py: title \"it's\": 1 to 32 characters"),
-            ((pkg, "--version", "1", "--all"), "upload.sh: --package writes a file and talks to no board: leave out --all"),
+            ((pkg, "--version", "1", "--all"), "upload.sh: --package writes a file and talks to no board: leave out"
+                                               " --all"),
             ((pkg, "--version", "1", "/dev/ttyUSB0"), "upload.sh: --package writes a file and talks to no board: leave"
                                                       " out /dev/ttyUSB0"),
             ((pkg, "--version"), "upload.sh: --version takes a value")):
