@@ -60,6 +60,12 @@ RPC_SWITCH = ""  # stream driven by the switch widgets' RPC; "" = the first bool
 LOCAL_MQTT_HOST = ""
 LOCAL_MQTT_PORT = 1883
 LOCAL_MQTT_TOPIC = "datastream/telemetry"
+# Software updates from ThingsBoard (a package built by ./upload.sh --package, assigned to the device
+# there): fetched in chunks, checked, switched to, and rolled back if the new version does not run.
+UPDATE_CHUNK = 2048  # bytes per chunk asked (held to MQTT_MAX_PACKET and the session's maxPayloadSize)
+UPDATE_CHUNK_WAIT_MS = 10000  # for each chunk's answer; a chunk is asked 3 times before the update fails
+UPDATE_PROBATION_S = 30  # the new version is kept after serving this long with ThingsBoard reached
+UPDATE_TRIAL_MAX_S = 600  # ... and rolled back if it has not reached ThingsBoard by then
 NTP_HOST = "pool.ntp.org"  # wifi.py sets the RTC from it at each link-up and every 6 h ("": never);
 # the reloj stream and the timestamps of buffered readings come from that clock
 

@@ -77,11 +77,8 @@ def _tls_problem():
     if bool(cert) != bool(key):
         return "MQTT_CERT and MQTT_KEY go together"
     for name, path in (("MQTT_CA", ca), ("MQTT_CERT", cert), ("MQTT_KEY", key)):
-        if path:
-            try:
-                os.stat(path)
-            except OSError:
-                return "%s %r is not on the flash (upload.sh sends it)" % (name, path)
+        if path and not _exists(path):
+            return "%s %r is not on the flash (upload.sh sends it)" % (name, path)
     return None
 
 

@@ -1,5 +1,6 @@
-# What brings a device back without a person at it: the watchdog, and the boot-loop counter that
-# starts safe mode. Imported early by main.py: counting this boot is the first thing it does.
+# What brings a device back without a person at it: the watchdog, the boot-loop counter that
+# starts safe mode, and the trial of a version an update installed (rolled back when it does not
+# run cleanly: fwswitch.py). Imported early by main.py: counting this boot is the first thing it does.
 import sys
 import time
 
@@ -7,7 +8,18 @@ import cfg
 import hw
 
 _FILE = "bootcount"  # quick boots (host: crashes) in a row; written twice per boot at most
-_start = time.ticks_ms()
+START = time.ticks_ms()  # this boot (fwswitch.probation counts the trial from it)
+
+
+try:  # fwswitch.TRIAL: the version an update installed is on trial (open: no os module to import)
+    open("sw_trial.json").close()
+    TRIAL = True
+except OSError:
+    TRIAL = False
+if TRIAL:  # its boots are counted; when its tries are used up, the old version comes back
+    import fwswitch
+
+    fwswitch.trial_boot()  # stays imported for the trial (fwswitch.probation)
 
 
 def _count():
@@ -35,7 +47,7 @@ if SAFE:
     print("guard: SAFE MODE after %d quick boots: health only, no MQTT, no actuators;"
           " fix cfg.py from the REPL, then reset (a %d s run clears it)" % (_boots, cfg.SAFE_MODE_CLEAN_S))
 _wdt = None
-_fed = [_start, False]  # tick of the last feed, whether this run already counts as clean
+_fed = [START, False]  # tick of the last feed, whether this run already counts as clean
 
 
 def watchdog():
@@ -62,7 +74,7 @@ def feed(now):
         if late > cfg.WDT_TIMEOUT_MS:
             print("guard: loop stalled %d ms: a board's watchdog would have reset it" % late)
     _fed[0] = now
-    if not _fed[1] and time.ticks_diff(now, _start) >= cfg.SAFE_MODE_CLEAN_S * 1000:
+    if not _fed[1] and time.ticks_diff(now, START) >= cfg.SAFE_MODE_CLEAN_S * 1000:
         _fed[1] = True
         _store(0)
 

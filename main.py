@@ -11,13 +11,17 @@ import cfg
 # the MQTT channels') are placed: the imports leave the heap in small holes, where on a low-RAM
 # board those buffers find no whole block (at 104 KB they failed with 18 KB free in holes of 1.4 KB).
 _hole = bytearray(cfg.HTTP_SLOTS * (cfg.HTTP_BUF + 1024) + getattr(cfg, "MQTT_MAX_PACKET", 2304) + 4096)
-import guard  # counts this boot first; streams (imported by thingsboard) then checks cfg
-import http
-import router
-import streams
-import thingsboard
+import guard  # counts this boot first (and an update's trial); streams (imported by thingsboard) then checks cfg
+
+try:
+    import http
+    import router
+    import streams
+    import thingsboard
+    from wifi import Wifi
+except Exception as e:  # a module that cannot load (a broken update): reset, as a crash does, for the counters
+    guard.reboot(e)
 from micropython import const
-from wifi import Wifi
 
 _MAX_WAIT_MS = const(1000)  # upper bound of one poll: the loop's own heartbeat
 _GC_EVERY = const(16384)  # collect after this many bytes allocated: keeps the heap unfragmented
@@ -69,6 +73,8 @@ def run():
         try:
             now = time.ticks_ms()
             guard.feed(now)
+            if guard.TRIAL:  # an update's new version, kept or rolled back (imported for the trial only)
+                __import__("fwswitch").probation(now, telemetry)
             streams.uptime_s()
             wait = _soonest(_soonest(server.service(now), telemetry.service(now)), wifi.service(now))
             wait = _soonest(wait, streams.save_due(now))

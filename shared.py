@@ -68,6 +68,7 @@ def ready(t):
         t.publish(tb.ATTRIBUTES, data)
     else:
         publish_dict(t, tb.ATTRIBUTES, attrs)
+    t.sw_due = True  # the software report, in a turn of its own (software.py): one module imported at a time
     t.flush()
 
 
@@ -106,6 +107,8 @@ def shared(t, payload, push):
         streams.platform[k] = v
         streams.keep()  # written by the loop, not here
         print("shared: %s = %s" % (k, json.dumps(v)))
+    if any(k in SW_KEYS for k in attrs):
+        t.sw_due = True  # the platform may name another package (software.py, on the next turn)
 
 
 def _decode(payload):

@@ -11,7 +11,12 @@ import guard
 import hw
 import persist
 
-VERSION = "1.0.0"
+# The package an update installed (fwswitch.MANIFEST); a board that upload.sh filled runs this release.
+SW_TITLE, VERSION = "datastream", "1.0.0"
+_m = persist.load("fw.json")
+if isinstance(_m, dict) and isinstance(_m.get("title"), str) and isinstance(_m.get("version"), str):
+    SW_TITLE, VERSION = _m["title"], _m["version"]
+del _m
 VALUE_MAX = 64  # longest value text; keeps every response within its buffer
 
 

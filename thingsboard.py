@@ -28,7 +28,9 @@ ATTR_REQUEST = b"v1/devices/me/attributes/request/"
 ATTR_RESPONSE = b"v1/devices/me/attributes/response/"
 # Server-side RPC, shared attribute pushes, and the answers to the device's own requests (a plain
 # broker also hands the device its own publishes on these: answers to other ids are ignored).
-TOPICS = (RPC_REQUESTS, ATTRIBUTES, ATTR_RESPONSE + b"+", _RPC_RESPONSE + b"+")
+SW_RESPONSE = b"v2/sw/response/"  # an update's chunks (ota.py)
+SW_ERROR = b"v2/fw/error"  # ThingsBoard's errors for software packages too (MqttTransportHandler)
+TOPICS = (RPC_REQUESTS, ATTRIBUTES, ATTR_RESPONSE + b"+", _RPC_RESPONSE + b"+", SW_RESPONSE + b"+/chunk/+", SW_ERROR)
 _RPC_NEST_MAX = const(8)  # brackets in one request: params are flat, and each level costs heap
 INTERVAL_MAX = 86400  # s: the longest telemetry_interval the platform may set (a day)
 LIMITS = b'{"method":"getSessionLimits","params":{}}'  # the device's question (client-side RPC)
@@ -68,6 +70,9 @@ class Telemetry:
         self.limits_until = None  # while the session limits are awaited: the deadline
         self.max_payload = 0  # the session's maxPayloadSize (0: not known); kept across reconnects
         self.sw = {}  # sw_* shared attributes: the software the platform wants on the device
+        self.update = None  # an update under way (ota.Update): ota.py is imported only meanwhile
+        self.sw_due = False  # software.py has something to do: the report after a connect, a package named
+        self.sw_reported = False
         self.own = 0  # size of the client attributes last published
         self.link = self.local = None
         token = cfg.MQTT_TOKEN or persist.load(TOKEN_FILE)
@@ -151,6 +156,11 @@ class Telemetry:
             self.changed.clear()
         if self.queued and self.link.room() and self.limits_until is None:  # kept while the link was busy
             self.flush()
+        if self.sw_due and self.limits_until is None:
+            self.sw_due = False
+            self.call("software", "check")
+        if self.update is not None:
+            wait = min(wait, self.update.service(now))
         return min(wait, time.ticks_diff(self.next_publish, now))
 
     def handle(self, obj, ev):
@@ -169,6 +179,7 @@ class Telemetry:
         if self.provisioning:
             self.call("provision", "ask")
         else:
+            self.sw_reported = False
             self.platform("connected")
 
     def platform(self, fn, *args):
@@ -299,6 +310,11 @@ class Telemetry:
                 self.platform("shared", payload, False)
         elif _answers(t, _RPC_RESPONSE, self.limits_id):
             self.platform("limits", payload)
+        elif self.update is not None:
+            if t.startswith(SW_RESPONSE):
+                self.update.chunk_in(t, payload)
+            elif t == SW_ERROR:
+                self.update.refused(payload)
 
     def _rpc(self, rid, payload):
         """Answer a server-side RPC request on its response topic."""

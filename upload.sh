@@ -206,6 +206,8 @@ for key in MQTT_CA MQTT_CERT MQTT_KEY; do
     tls_files+=("$(dirname "$cfg_src")/${name#/}|/${name#/}")
 done
 
+update_files=(/sw_switch.json /sw_trial.json /fw.json /sw.pkg)  # fwswitch.py's JOURNAL, TRIAL, MANIFEST, PACKAGE
+
 # --- what the board has: one ampy call hashes the board's copies ---------------------------------
 {
     echo "import os, sys, hashlib, binascii"
@@ -228,7 +230,7 @@ done
     echo "    return binascii.hexlify(h.digest()).decode()"
     printf "for p in ("
     for pair in "${files[@]}"; do printf "'%s', " "${pair#*|}"; done
-    for p in "${stale[@]}" /cfg.py; do printf "'%s', " "$p"; done
+    for p in "${stale[@]}" "${update_files[@]}" /cfg.py; do printf "'%s', " "$p"; done
     for pair in ${tls_files[@]+"${tls_files[@]}"}; do printf "'%s', " "${pair#*|}"; done
     echo "):"
     echo "    print('@', sha(p), p)"
@@ -315,12 +317,20 @@ done
 # Stale twins go after their replacement is on the board, in one call.
 removed=0
 echo "import os" >"$tmp/clean.py"
-for p in "${stale[@]}"; do
-    if on_board "$p"; then
-        echo "os.remove('$p')" >>"$tmp/clean.py"
-        echo "  remove $p (its twin replaces it)"
+remove() {  # path, why: removed in the one call below, if the board has it
+    if on_board "$1"; then
+        echo "os.remove('$1')" >>"$tmp/clean.py"
+        echo "  remove $1 ($2)"
         removed=$((removed + 1))
     fi
+}
+for p in "${stale[@]}"; do
+    remove "$p" "its twin replaces it"
+done
+# What an update over ThingsBoard left (docs/thingsboard.md): the files sent are now the version,
+# and a switch or trial left behind would move or roll back files under them at the next boot.
+for p in "${update_files[@]}"; do
+    remove "$p" "an update's record: the files sent replace that version"
 done
 if [ "$removed" -gt 0 ]; then
     run_ampy run "$tmp/clean.py" >/dev/null || die "could not remove stale files: $(ampy_error)"

@@ -33,8 +33,8 @@ _QSTR = re.compile(r"qstr pool: .*n_total_bytes=(\d+)")
 
 def import_order(entry=("boot", "main")):
     """The firmware's own modules (top-level .py files and lib/), dependencies first, in the order
-    boot.py and main.py pull them in: module-level imports only, read with CPython's ast; less
-    those that are dropped from sys.modules after use (check.py)."""
+    boot.py and main.py pull them in: module-level imports only (not under an if), read with CPython's
+    ast; less those that are dropped from sys.modules after use (check.py)."""
     def path(name):
         for p in (os.path.join(flash.ROOT, name + ".py"), os.path.join(flash.ROOT, "lib", name.replace(".", "/") + ".py")):
             if os.path.exists(p):
@@ -47,8 +47,8 @@ def import_order(entry=("boot", "main")):
         todo = list(tree.body)
         while todo:
             node = todo.pop(0)
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                continue
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.If)):
+                continue  # (under an if: imported only then, as fwswitch.py is for an update's switch and trial)
             if isinstance(node, ast.Import):
                 out += [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:  # a module, or modules of a package

@@ -51,7 +51,11 @@ def build(path, version, title="datastream"):
         why = check(what, value)
         if why:
             raise ValueError(why)
-    files = contents()
+    return write(path, contents(), version, title)
+
+
+def write(path, files, version, title="datastream"):
+    """Write the package of `files` ([(name, bytes)], in order) to `path`; (size, sha256 hex)."""
     manifest = {"format": FORMAT, "title": title, "version": version,
                 "files": [[name, len(data), hashlib.sha256(data).hexdigest()] for name, data in files]}
     blob = json.dumps(manifest, separators=(",", ":")).encode() + b"\n" + b"".join(data for _, data in files)

@@ -220,12 +220,16 @@ def test_no_compile_uploads_sources_and_removes_their_mpy_twins(tmp_path):
     tree = make_checkout(tmp_path / "checkout", firmware)
     (tmp_path / "flash").mkdir()
     (tmp_path / "flash" / "tiny.mpy").write_bytes(b"M\x06stale")
+    # an update over ThingsBoard's record, on trial: the files sent replace that version
+    (tmp_path / "flash" / "fw.json").write_text('{"title":"datastream","version":"2.0.0","files":[]}')
+    (tmp_path / "flash" / "sw_trial.json").write_text('{"boots":1,"added":[],"target":{}}')
     board = VBoard(tmp_path / "flash")
     try:
         code, out = upload("--no-compile", board.path, root=str(tree))
         assert code == 0, out
         assert board.files() == sorted(["boot.py", "cfg.py", "main.py", "tiny.py"] + list(flash.pack.NAMES))
-        assert "  remove /tiny.mpy" in out
+        assert "  remove /tiny.mpy" in out and "  remove /fw.json (an update's record" in out
+        assert "  remove /sw_trial.json" in out
         board.wait_log("tiny boot\r\n42\r\n")
     finally:
         board.stop()
