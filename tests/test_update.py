@@ -140,12 +140,16 @@ def test_a_device_gets_its_token_its_period_and_a_new_version_from_the_platform_
               len(data), len(indexes), took, watch.longest * 1000, watch.answers, watch.refused))
 
 
-def test_a_version_that_crashes_at_import_is_rolled_back(make_firmware, peer, tmp_path, files):
+@pytest.mark.parametrize("esp32", [False, True], ids=["host", "esp32"])
+def test_a_version_that_crashes_at_import_is_rolled_back(make_firmware, peer, tmp_path, files, esp32):
+    """Both paths: the host's (a crash ends the process) and the board's, on the ESP32 doubles
+    (machine.reset, the watchdog, every boot counted: the switch's resets must not start safe mode)."""
     broken = [(n, b) for n, b in files if n != "router.mpy"] + [("router.mpy", _compiled(tmp_path, "router.py",
                                                                  "raise RuntimeError('a broken build')\n"))]
     broken.sort(key=lambda f: (package.LAST.index(f[0]) + 1 if f[0] in package.LAST else 0, f[0]))
     data = build(tmp_path, broken, "2.0.1-broken")
-    fw = make_firmware(heap=HEAP, supervised=True, **mqtt_cfg(peer.broker.port, **UPDATE))
+    fw = make_firmware(heap="160K" if esp32 else HEAP, supervised=True, esp32=esp32,  # (the doubles take heap)
+                       **mqtt_cfg(peer.broker.port, **UPDATE))
     wait_for(lambda: fw.get("/telemetry/status").json()["connected"], timeout=15, what="connected")
     peer.offer(data, "datastream", "2.0.1-broken")
     wait_for(lambda: "FAILED" in states(peer), timeout=60, what="FAILED after the rollback")
@@ -154,6 +158,7 @@ def test_a_version_that_crashes_at_import_is_rolled_back(make_firmware, peer, tm
     assert "did not run cleanly in 2 boots" in failed["sw_error"] and failed["current_sw_version"] == "1.0.0"
     log = fw.log()
     assert log.count("a broken build") == 2 and "rolled back from 2.0.1-broken" in log
+    assert "SAFE MODE" not in log and fw.get("/Datastreams/health").json().get("safe_mode") is None
     assert flash_state(fw) == ["sw_state.json"]
     fw.alive()
     asked = len(peer.chunks)
