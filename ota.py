@@ -57,6 +57,10 @@ class Update:
         self.step = _download
         self.phase = "download"  # the step's name (bound methods do not compare equal in MicroPython)
 
+    def json(self):
+        """For /telemetry/status: where the update is."""
+        return tb.to_json({"version": self.target["version"], "phase": self.phase, "bytes": self.got, "of": self.size})
+
     def wants(self, sw):
         return self.target == {"title": sw.get("sw_title"), "version": sw.get("sw_version"),
                                "checksum": sw.get("sw_checksum")}

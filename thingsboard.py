@@ -397,6 +397,8 @@ class Telemetry:
         c.add(b"%d" % self.max_payload if self.max_payload else b"null")
         c.add(b',"shared":')
         c.add(to_json(streams.platform))
+        c.add(b',"update":')
+        c.add(b"null" if self.update is None else self.update.json())
         c.add(b',"mem_free":%d}' % gc.mem_free())
         c.finish(200)
 

@@ -274,11 +274,17 @@ def test_the_broker_lost_mid_download_resumes_where_it_stopped(make_firmware, pe
     peer.on_chunk = cut
     watch = Watch(fw)
     peer.offer(data, "datastream", "2.0.0")
+    update = wait_for(lambda: fw.get("/telemetry/status").json()["update"], what="the update under way")
+    assert update["version"] == "2.0.0" and update["of"] == len(data)
+    status = wait_for(lambda: [j for j in [fw.get("/telemetry/status").json()] if not j["connected"]],
+                      what="the broker gone")[0]
+    assert status["update"]["bytes"] == 6 * 2048, "the update waits for it, six chunks in"
     wait_for(lambda: version(fw) == "2.0.0", timeout=60, what="the new version serving")
     watch.stop()
     indexes = [i for i, _, _ in peer.chunks]
     assert indexes[:7] == list(range(7)) and indexes[7] == 6, indexes  # asked again, not from the start
     assert indexes[-1] == len(data) // 2048
+    assert fw.get("/telemetry/status").json()["update"] is None
     print("longest HTTP answer during an update with a broker outage: %.0f ms" % (watch.longest * 1000))
 
 
