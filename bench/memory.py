@@ -31,6 +31,13 @@ MARGIN = {"fraction": 0.03, "max": 1024, "min": 64}
 _QSTR = re.compile(r"qstr pool: .*n_total_bytes=(\d+)")
 
 
+# The modules imported when their work begins and dropped when it ends (cfg checks at boot, the
+# exchanges with ThingsBoard, an update, the page), each measured on top of the resident ones and of
+# those before it: an update's download holds fwswitch and ota, its install unpack too. (mqtt_tls
+# needs the port's ssl module: bench/tls.py measures it.)
+ON_DEMAND = ("check", "shared", "provision", "software", "fwswitch", "ota", "unpack", "page")
+
+
 def import_order(entry=("boot", "main")):
     """The firmware's own modules (top-level .py files and lib/), dependencies first, in the order
     boot.py and main.py pull them in: module-level imports only (not under an if), read with CPython's
@@ -198,9 +205,11 @@ def _measure(work, layout, per_request, min_heap, log):
             fig["ready"] = s.ready[0]
         log("memory: heap in use once serving %d B" % fig["ready"])
         mods = import_order()
-        b.import_costs(True, mods)
+        b.import_costs(True, mods + list(ON_DEMAND))
         qstr = qstr_steps(b.stdout.splitlines(), "@bench import ")
         fig["imports"] = {m: b.imports[m]["mpy"][0] - qstr[m] for m in mods if m in qstr}
+        fig["on_demand"] = {m: b.imports[m]["mpy"][0] - qstr[m] for m in ON_DEMAND if m in qstr}
+        qstr = {m: q for m, q in qstr.items() if m in mods}
         fig["qstr"] = sum(qstr.values())
         fig["import_peaks"] = {m: b.imports[m]["mpy"][1] for m in mods if m in qstr}
         env = {"BENCH_MODS": " ".join(mods), "BENCH_WRAP": " ".join(run_time_calls())}
@@ -270,6 +279,11 @@ def report(sections):
     for m in mods:
         text += row(m, ["%d B" % sections[n]["imports"][m] if m in sections[n]["imports"] else None for n in names])
     text += row("qstr pools, all of them", ["%d B" % sections[n]["qstr"] for n in names])
+    text += ("\n## Import cost of the modules loaded on demand (each on top of the resident ones and of those "
+             "above it; dropped when their work ends)\n\n") + head
+    for m in ON_DEMAND:
+        text += row(m, ["%d B" % sections[n]["on_demand"][m] if m in sections[n].get("on_demand", {}) else None
+                        for n in names])
     text += "\n## Where the heap in use once serving goes (bench/mpy/where.py: each step's heap kept; "
     text += "in brackets, how much of it is new qstrs)\n\n" + head
     labels = []
