@@ -91,7 +91,7 @@ def replay():
     """Finish the switch the journal describes (all of it, whatever was done before a cut)."""
     j = persist.load(JOURNAL)
     if not isinstance(j, dict):
-        _remove(JOURNAL)  # cut while it was written: nothing had moved yet
+        _remove(JOURNAL)  # not one (persist.write leaves a whole file or none): nothing to finish
         return
     if j["op"] == "install":
         for name in j["files"]:
@@ -119,7 +119,7 @@ def replay():
 
 
 def outcome(target, state, error=None):
-    """Keep an update's outcome for the platform: reported at every connect (shared.py), and a
+    """Keep an update's outcome for the platform: reported at every connect (software.py), and a
     FAILED one is not tried again until the platform names another package."""
     persist.write(STATE, json.dumps({"state": state, "error": error, "target": target}))
 
