@@ -25,6 +25,10 @@ def pytest_configure(config):
                             "feature once, end to end")
 
 HEAP = os.environ.get("TEST_HEAP", "128K")
+# On the ESP32 path the port's own modules (machine, network, ntptime, esp32) are the Python doubles
+# of tests/doubles: about 13 KB of heap (64-bit) that a board keeps in ROM. A firmware on that path
+# gets this much more than HEAP, so that it serves in the room a board's would.
+DOUBLES_HEAP_K = 16
 # Modules run precompiled to .mpy, as upload.sh puts them on a board; TEST_MPY=0 runs the sources.
 MPY = os.environ.get("TEST_MPY", "1") == "1"
 
@@ -71,7 +75,9 @@ class Response:
 class Firmware:
     """One firmware process booted from its own flash folder."""
 
-    def __init__(self, flash_dir, overrides, heap=HEAP, mpy=MPY, extra_files=None, esp32=False, supervised=False):
+    def __init__(self, flash_dir, overrides, heap=None, mpy=MPY, extra_files=None, esp32=False, supervised=False):
+        if heap is None:
+            heap = "%dK" % (int(HEAP.rstrip("K")) + DOUBLES_HEAP_K) if esp32 else HEAP
         self.flash = flash_dir
         self.esp32 = esp32  # boot on the ESP32 code path, through tests/doubles
         # supervised: run under host/flash.py --supervise, as run.sh does, so a reset on purpose or a
@@ -182,7 +188,7 @@ def make_firmware(tmp_path):
     supervised=True: a reset or a crash boots it again (Firmware)."""
     started = []
 
-    def make(heap=HEAP, mpy=MPY, extra_files=None, esp32=False, supervised=False, **overrides):
+    def make(heap=None, mpy=MPY, extra_files=None, esp32=False, supervised=False, **overrides):
         d = tmp_path / ("flash%d" % len(started))
         fw = Firmware(str(d), overrides, heap=heap, mpy=mpy, extra_files=extra_files, esp32=esp32,
                       supervised=supervised)

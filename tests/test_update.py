@@ -15,7 +15,7 @@ import time
 import pytest
 
 import package  # host/, on the path through conftest
-from conftest import ROOT, Broker, flash
+from conftest import DOUBLES_HEAP_K, ROOT, Broker, flash
 from tbpeer import ThingsBoard
 from test_shared import wait_for
 from test_telemetry import OSID, mqtt_cfg
@@ -148,7 +148,7 @@ def test_a_version_that_crashes_at_import_is_rolled_back(make_firmware, peer, tm
                                                                  "raise RuntimeError('a broken build')\n"))]
     broken.sort(key=lambda f: (package.LAST.index(f[0]) + 1 if f[0] in package.LAST else 0, f[0]))
     data = build(tmp_path, broken, "2.0.1-broken")
-    fw = make_firmware(heap="160K" if esp32 else HEAP, supervised=True, esp32=esp32,  # (the doubles take heap)
+    fw = make_firmware(heap="%dK" % (int(HEAP[:-1]) + DOUBLES_HEAP_K * esp32), supervised=True, esp32=esp32,
                        **mqtt_cfg(peer.broker.port, **UPDATE))
     wait_for(lambda: fw.get("/telemetry/status").json()["connected"], timeout=15, what="connected")
     peer.offer(data, "datastream", "2.0.1-broken")
