@@ -288,6 +288,33 @@ def test_the_broker_lost_mid_download_resumes_where_it_stopped(make_firmware, pe
     print("longest HTTP answer during an update with a broker outage: %.0f ms" % (watch.longest * 1000))
 
 
+def test_a_power_cut_mid_download_boots_the_running_version_which_starts_over(make_firmware, peer, tmp_path, files):
+    """The power goes at chunk 10: the device boots the version it had, asks the attributes again at
+    its connect, and the update starts over from the first chunk, over the partial package."""
+    data = build(tmp_path, files, "2.0.0")
+    fw = make_firmware(heap=HEAP, supervised=True, **mqtt_cfg(peer.broker.port, **UPDATE))
+    wait_for(lambda: fw.get("/telemetry/status").json()["connected"], timeout=15, what="connected")
+    cut = threading.Event()
+
+    def at_chunk(index):
+        if index == 10 and not cut.is_set():
+            cut.set()
+            return False  # unanswered: the power goes now
+
+    peer.on_chunk = at_chunk
+    peer.offer(data, "datastream", "2.0.0")
+    assert cut.wait(20), "chunk 10 asked"
+    fw.kill()
+    assert os.path.getsize(os.path.join(fw.flash, "sw.pkg")) == 10 * 2048  # what reached the flash
+    fw.start()
+    wait_for(lambda: version(fw) == "2.0.0", timeout=60, what="the new version serving")
+    indexes = [i for i, _, _ in peer.chunks]
+    restart = indexes.index(0, 1)  # the second download's first chunk
+    assert indexes[:11] == list(range(11)) and indexes[restart:] == list(range(len(data) // 2048 + 1))
+    wait_for(lambda: "UPDATED" in states(peer), timeout=20, what="UPDATED after the trial")
+    assert flash_state(fw) == ["fw.json", "sw_state.json"]
+
+
 # --- power cuts in the switch ----------------------------------------------------------------------
 _CUT = """
 import sys
