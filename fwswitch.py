@@ -25,6 +25,11 @@ TRIES = 2  # boots the new version gets to run cleanly: one may be cut by a powe
 _BOOTS = "bootcount"  # guard.py's quick-boot count: the resets of a switch are not crashes
 
 
+def target(sw):
+    """The package the sw_* shared attributes name, as the journal and the outcome keep it."""
+    return {"title": sw.get("sw_title"), "version": sw.get("sw_version"), "checksum": sw.get("sw_checksum")}
+
+
 def exists(path):
     try:
         os.stat(path)
@@ -51,7 +56,8 @@ def clear(folder):
     os.rmdir(folder)
 
 
-def _remove(path):
+def discard(path):
+    """Remove the file `path` if it is there."""
     if exists(path):
         os.remove(path)
 
@@ -91,7 +97,7 @@ def replay():
     """Finish the switch the journal describes (all of it, whatever was done before a cut)."""
     j = persist.load(JOURNAL)
     if not isinstance(j, dict):
-        _remove(JOURNAL)  # not one (persist.write leaves a whole file or none): nothing to finish
+        discard(JOURNAL)  # not one (persist.write leaves a whole file or none): nothing to finish
         return
     if j["op"] == "install":
         for name in j["files"]:
@@ -99,20 +105,20 @@ def replay():
                 persist.replace(NEW + "/" + name, name)
             t = twin(name)
             if t is not None:
-                _remove(t)
+                discard(t)
         persist.write(TRIAL, json.dumps({"boots": 0, "added": j["added"], "target": j["target"]}))
         print("update: switched to %s %s" % (j["target"]["title"], j["target"]["version"]))
     else:
         for name in j["added"]:
-            _remove(name)
+            discard(name)
         if exists(OLD):
             for name in os.listdir(OLD):
                 persist.replace(OLD + "/" + name, name)
         outcome(j["target"], "FAILED", j["error"])
-        _remove(TRIAL)
+        discard(TRIAL)
         print("update: rolled back from %s: %s" % (j["target"]["version"], j["error"]))
-    _remove(_BOOTS)
-    _remove(JOURNAL)
+    discard(_BOOTS)
+    discard(JOURNAL)
     clear(NEW)
     if j["op"] != "install":
         clear(OLD)
@@ -126,7 +132,8 @@ def outcome(target, state, error=None):
 
 def reset(why):
     """Restart on purpose, into the files now in place: a board resets; the host process ends with
-    code 3, which run.sh takes for a reset and answers by starting the firmware again."""
+    code 3, which run.sh takes for a reset and answers by starting the firmware again. (guard.reboot
+    does the same after a crash; kept apart, as this one costs no heap at rest.)"""
     print("update: resetting: %s" % why)
     if sys.platform == "esp32":
         import machine
@@ -140,7 +147,7 @@ def trial_boot():
     """A boot of the version on trial (guard.py): counted; when it has used its TRIES, rolled back."""
     trial = persist.load(TRIAL)
     if not isinstance(trial, dict):
-        _remove(TRIAL)
+        discard(TRIAL)
         return
     if trial["boots"] >= TRIES:
         rollback("version %s did not run cleanly in %d boots" % (trial["target"]["version"], TRIES))
@@ -158,15 +165,16 @@ def probation(now, telemetry):
 
     up = telemetry.link is None or telemetry.connected
     ran = time.ticks_diff(now, guard.START)
-    if ran >= getattr(cfg, "UPDATE_TRIAL_MAX_S", 600) * 1000 and not up:
-        rollback("the new version did not reach the platform in %d s" % getattr(cfg, "UPDATE_TRIAL_MAX_S", 600))
+    most = getattr(cfg, "UPDATE_TRIAL_MAX_S", 600)
+    if ran >= most * 1000 and not up:
+        rollback("the new version did not reach the platform in %d s" % most)
         reset("rolled back")
     if ran < getattr(cfg, "UPDATE_PROBATION_S", 30) * 1000 or not up:
         return
     trial = persist.load(TRIAL)
     if isinstance(trial, dict):
         outcome(trial["target"], "UPDATED")
-    _remove(TRIAL)
+    discard(TRIAL)
     clear(OLD)
     print("update: version kept after its trial")
     guard.TRIAL = False

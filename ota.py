@@ -38,7 +38,7 @@ def start(t, sw):
 class Update:
     def __init__(self, t, sw):
         self.t = t
-        self.target = {"title": sw.get("sw_title"), "version": sw.get("sw_version"), "checksum": sw.get("sw_checksum")}
+        self.target = fwswitch.target(sw)
         self.algorithm = sw.get("sw_checksum_algorithm")
         self.size = sw.get("sw_size")
         limit = min(getattr(cfg, "UPDATE_CHUNK", 2048), getattr(cfg, "MQTT_MAX_PACKET", 2304) - 96)
@@ -62,8 +62,7 @@ class Update:
         return tb.to_json({"version": self.target["version"], "phase": self.phase, "bytes": self.got, "of": self.size})
 
     def wants(self, sw):
-        return self.target == {"title": sw.get("sw_title"), "version": sw.get("sw_version"),
-                               "checksum": sw.get("sw_checksum")}
+        return self.target == fwswitch.target(sw)
 
     def problem(self):
         """Why the named package cannot be installed, or None."""
@@ -187,8 +186,7 @@ class Update:
             sys.modules.pop(m, None)
 
     def _clean(self):
-        if fwswitch.exists(fwswitch.PACKAGE):
-            os.remove(fwswitch.PACKAGE)
+        fwswitch.discard(fwswitch.PACKAGE)
         fwswitch.clear(fwswitch.NEW)
 
 

@@ -43,9 +43,11 @@ def wanted(t):
         if t.update.wants(sw):
             return  # under way: a reconnect asked the attributes again
         t.update.fail("the platform named %s %s instead" % (title, version))
+    import fwswitch
+
+    named = fwswitch.target(sw)
     st = _state()
-    if isinstance(st, dict) and st.get("state") == "FAILED" and st.get("target") == {
-            "title": title, "version": version, "checksum": sw.get("sw_checksum")}:
+    if isinstance(st, dict) and st.get("state") == "FAILED" and st.get("target") == named:
         print("update: %s %s failed before: not tried again until the platform names another package" % (
             title, version))
         return

@@ -35,7 +35,7 @@ def contents():
     """[(name, bytes)] of the package, in its order: built by host/flash.py as upload.sh lays out a board."""
     with tempfile.TemporaryDirectory() as tmp:
         flash.build(tmp, mpy=True)
-        names = sorted((n for n in os.listdir(tmp) if n.endswith((".py", ".mpy")) and n != "cfg.py"), 
+        names = sorted((n for n in os.listdir(tmp) if n.endswith((".py", ".mpy")) and n != "cfg.py"),
                        key=lambda n: (LAST.index(n) + 1 if n in LAST else 0, n))
         found = []
         for name in names:
